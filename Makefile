@@ -1,0 +1,54 @@
+# pibake front door. `make setup` once (root: apt-get + binfmt_misc), then
+# `make image PROFILE=<host>`. See README.md.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PIBAKE    := $(VENV)/bin/pibake
+PROFILE   ?=
+PYTEST_ARGS ?=
+
+export LIBGUESTFS_BACKEND ?= direct
+
+.PHONY: setup venv image all-images check render boot test test-fast test-integration lint bench clean
+
+setup:
+	./scripts/setup-host.sh
+	$(MAKE) venv
+
+venv: $(VENV)/.done
+
+$(VENV)/.done: pyproject.toml
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+image: venv
+	@test -n "$(PROFILE)" || { echo "make image: set PROFILE=<host>, e.g. make image PROFILE=compute-01" >&2; exit 2; }
+	$(PIBAKE) build $(PROFILE)
+
+all-images: venv
+	$(PIBAKE) build --all
+
+check: venv
+	$(PIBAKE) check
+
+boot: venv
+	@test -n "$(PROFILE)" || { echo "make boot: set PROFILE=<host>" >&2; exit 2; }
+	$(PIBAKE) boot $(PROFILE)
+
+# Every tier: lint, fast unit tests, image builds, boot tests.
+test: venv
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not integration and not boot" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check builder tests
+	$(VENV)/bin/mypy builder
+
+bench: venv
+	$(PY) -m builder.bench
+
+clean:
+	rm -rf output

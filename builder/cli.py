@@ -1,0 +1,134 @@
+"""The `pibake` command: a thin layer over the library.
+
+The only place that turns exceptions into output and exit codes: a
+PibakeError becomes one line on stderr and its exit code; Ctrl-C stops every
+child process and exits 130.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from builder import __version__, log
+from builder.errors import PibakeError
+
+
+def _project(ctx: click.Context) -> Path:
+    root: Path = ctx.obj["project"]
+    return root
+
+
+def _inventory(ctx: click.Context):  # type: ignore[no-untyped-def]
+    from builder.config import load_inventory
+
+    return load_inventory(_project(ctx))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pibake")
+@click.option("--project", "-C", type=click.Path(file_okay=False, path_type=Path), default=".",
+              show_default=True, help="Project folder holding profiles/ and layers/.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and notices.")
+@click.pass_context
+def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
+    """Bake per-host Raspberry Pi SD card images from one cluster inventory."""
+    ctx.ensure_object(dict)
+    ctx.obj["project"] = project
+    log.set_quiet(quiet)
+
+
+@cli.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Validate every profile, layer and template without touching an image."""
+    from builder.render import render_host
+
+    inv = _inventory(ctx)
+    count = 0
+    for host in inv.profiles:
+        count += len(render_host(inv, host))
+    click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
+               f"{count} templates rendered")
+
+
+@cli.command()
+@click.argument("host")
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path),
+              help="Folder to write the host's files into (created; must be empty).")
+@click.pass_context
+def render(ctx: click.Context, host: str, dest: Path) -> None:
+    """Write every file HOST's layers and host layer put into the image, for review."""
+    from builder.review import render_to
+
+    inv = _inventory(ctx)
+    written = render_to(inv, host, dest)
+    click.echo(f"{host}: {written} files written to {dest}")
+
+
+@cli.command()
+@click.argument("hosts", nargs=-1)
+@click.option("--all", "all_hosts", is_flag=True, help="Build every host in the inventory.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Output folder (default: <project>/output).")
+@click.option("--compress", "compression", type=click.Choice(["none", "zstd", "xz"]),
+              default="none", show_default=True, help="Also write a compressed copy.")
+@click.pass_context
+def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: Path | None,
+          compression: str) -> None:
+    """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
+    from builder.errors import ConfigError
+    from builder.outputs import Compression
+    from builder.pipeline import build_image
+
+    inv = _inventory(ctx)
+    if all_hosts:
+        hosts = tuple(inv.profiles)
+    if not hosts:
+        raise ConfigError("pibake build: name a host (e.g. pibake build compute-01) or --all")
+    for host in hosts:
+        inv.profile(host)  # every name is checked before the first build starts
+    out = output or _project(ctx) / "output"
+    for host in hosts:
+        result = build_image(inv, host, out, Compression(compression))
+        click.echo(f"{result.image}  sha256 {result.sha256[:16]}…  "
+                   f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
+
+
+@cli.command()
+@click.pass_context
+def bases(ctx: click.Context) -> None:
+    """List the bases profiles can start from."""
+    inv = _inventory(ctx)
+    for base in inv.cluster.bases.values():
+        click.echo(f"{base.name:32} {base.kind:9} {base.suite:9} {base.description}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except PibakeError as exc:
+        from builder.run import kill_all
+
+        kill_all()
+        click.echo(f"pibake: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        from builder.run import kill_all
+
+        kill_all()
+        click.echo("pibake: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        from builder.run import kill_all
+
+        kill_all()
+        click.echo("pibake: interrupted; nothing half-written was kept", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

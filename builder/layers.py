@@ -1,0 +1,309 @@
+"""Layers: folders under ``layers/`` whose parts are switched on by presence.
+
+A layer may hold ``layer.yaml`` (description, requires), ``defaults.yaml``
+(every var prefixed ``<layer>_``, each with a comment), ``packages`` (one per
+line, ``#`` comments) and ``packages.<suite>`` overrides, ``files/`` (copied
+as is, modes kept), ``templates/**/*.j2`` (rendered per host), ``hooks.d/NN-*.sh``
+(run in the image's emulated chroot), ``firstboot.d/NN-*.sh`` (handed to the
+first-boot runner) and ``README.md``. Everything is checked here, before any
+image work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from builder.errors import ConfigError
+from builder.schema import VAR_RE, Reader, known_list, load_yaml, short, suggest
+
+LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+SCRIPT_RE = re.compile(r"^[0-9]{2}-[A-Za-z0-9][A-Za-z0-9_.-]*\.sh$")
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?$")
+KNOWN_PARTS = {
+    "layer.yaml", "defaults.yaml", "packages", "files", "templates", "hooks.d",
+    "firstboot.d", "README.md",
+}
+
+
+@dataclass(frozen=True)
+class FileItem:
+    """One entry a layer puts into the image (from files/ or a rendered template)."""
+
+    src: Path           # the file in the layer
+    dest: str           # absolute path in the image
+    mode: int           # permission bits (incl. setuid etc.)
+    kind: str           # "file" | "dir" | "symlink"
+    target: str = ""    # for symlinks
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    path: Path
+    shown: str                              # "layers/compute"
+    description: str
+    requires: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    packages: tuple[str, ...]
+    package_overrides: Mapping[str, tuple[str, ...]]
+    files: tuple[FileItem, ...]
+    templates: tuple[FileItem, ...]        # src = .j2 file, dest = output path
+    hooks: tuple[Path, ...]
+    firstboot: tuple[Path, ...]
+    content_hash: str                       # every file of the layer
+    build_hash: str = field(default="")     # the parts that shape the role rootfs
+
+    def packages_for(self, suite: str) -> tuple[str, ...]:
+        return self.package_overrides.get(suite, self.packages)
+
+    def hook_vars(self, vars: Mapping[str, Any]) -> dict[str, Any]:
+        """The layer's vars that its hooks read (as upper-case environment names)."""
+        text = "\n".join(h.read_text(errors="replace") for h in self.hooks)
+        return {k: vars[k] for k in sorted(self.defaults) if k.upper() in text and k in vars}
+
+
+def load_layers(root: Path) -> dict[str, Layer]:
+    layers_dir = root / "layers"
+    if not layers_dir.is_dir():
+        raise ConfigError("layers/: folder not found; run pibake from the project folder or "
+                          "pass --project DIR")
+    result: dict[str, Layer] = {}
+    for entry in sorted(layers_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            raise ConfigError(f"layers/{entry.name}: not a folder; a layer is a folder, "
+                              "move the file into one")
+        result[entry.name] = load_layer(entry, f"layers/{entry.name}")
+    for layer in result.values():
+        for req in layer.requires:
+            if req not in result:
+                raise ConfigError(
+                    f"{layer.shown}/layer.yaml: requires: no layer named '{req}' "
+                    f"(known: {known_list(result)}){suggest(req, result)}"
+                )
+    return result
+
+
+def load_layer(path: Path, shown: str) -> Layer:
+    name = path.name
+    if not LAYER_NAME_RE.match(name):
+        raise ConfigError(f"{shown}: layer names are lower-case letters, digits and '-'; "
+                          "rename the folder")
+    for part in sorted(os.listdir(path)):
+        base = part.split(".", 1)[0] if part.startswith("packages.") else part
+        if base not in KNOWN_PARTS and not part.startswith("packages."):
+            raise ConfigError(
+                f"{shown}/{part}: unknown layer part (known: {known_list(KNOWN_PARTS)})"
+                f"{suggest(part, KNOWN_PARTS)}"
+            )
+
+    meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
+                  if (path / "layer.yaml").exists() else {},
+                  f"{shown}/layer.yaml", "", ["description", "requires", "modes"])
+    description = meta.str("description") if meta.has("description") else ""
+    requires = meta.str_list("requires")
+    modes = _modes(meta)
+
+    defaults = _load_defaults(path, shown, name)
+    packages = _load_packages(path / "packages", f"{shown}/packages") \
+        if (path / "packages").exists() else ()
+    overrides = {
+        p.name.split(".", 1)[1]: _load_packages(p, f"{shown}/{p.name}")
+        for p in sorted(path.glob("packages.*"))
+    }
+    files = tuple(_walk_files(path / "files", f"{shown}/files", path))
+    templates = tuple(_walk_templates(path / "templates", f"{shown}/templates", path))
+    files, templates = _apply_modes(modes, files, templates, f"{shown}/layer.yaml")
+    hooks = _scripts(path / "hooks.d", f"{shown}/hooks.d")
+    firstboot = _scripts(path / "firstboot.d", f"{shown}/firstboot.d")
+
+    content_hash = tree_hash(path)
+    build_parts = [p for p in ("layer.yaml", "packages", "files", "hooks.d") if (path / p).exists()]
+    build_parts += [p.name for p in sorted(path.glob("packages.*"))]
+    build_hash = tree_hash(path, only=build_parts)
+    return Layer(
+        name=name, path=path, shown=shown, description=description, requires=requires,
+        defaults=MappingProxyType(defaults), packages=packages,
+        package_overrides=MappingProxyType(overrides), files=files, templates=templates,
+        hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
+    )
+
+
+def _modes(meta: Reader) -> dict[str, int]:
+    """``modes: {/etc/sudoers.d/x: "0440"}``: git keeps only the run bit, so
+    other permission bits of files and templates are declared here."""
+    result = {}
+    for dest, value in meta.mapping("modes").items():
+        loc = meta.loc(f"modes.{dest}")
+        if not isinstance(value, str) or not re.match(r"^0?[0-7]{3,4}$", value):
+            raise ConfigError(f"{loc}: {short(value)} is not an octal mode; quote it, "
+                              "e.g. \"0640\"")
+        result[str(dest)] = int(value, 8)
+    return result
+
+
+def _apply_modes(modes: dict[str, int], files: tuple[FileItem, ...],
+                 templates: tuple[FileItem, ...], shown: str,
+                 ) -> tuple[tuple[FileItem, ...], tuple[FileItem, ...]]:
+    known = {i.dest for i in files + templates if i.kind != "symlink"}
+    for dest in modes:
+        if dest not in known:
+            raise ConfigError(f"{shown}: modes.{dest}: no such file in files/ or templates/ "
+                              f"of this layer{suggest(dest, known)}")
+
+    def fix(items: tuple[FileItem, ...]) -> tuple[FileItem, ...]:
+        return tuple(replace(i, mode=modes[i.dest]) if i.dest in modes else i for i in items)
+    return fix(files), fix(templates)
+
+
+def _load_defaults(path: Path, shown: str, name: str) -> dict[str, Any]:
+    file = path / "defaults.yaml"
+    if not file.exists():
+        return {}
+    where = f"{shown}/defaults.yaml"
+    data = load_yaml(file, where)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of variables, got {short(data)}")
+    prefix = name.replace("-", "_") + "_"
+    lines = file.read_text().splitlines()
+    for key in data:
+        if not isinstance(key, str) or not VAR_RE.match(key):
+            raise ConfigError(f"{where}: {short(key)}: variable names are lower-case "
+                              "letters, digits and '_'")
+        if not key.startswith(prefix):
+            raise ConfigError(f"{where}: {key}: layer variables carry the layer's name as "
+                              f"prefix; rename it to '{prefix}{key}'")
+        if not _has_comment(lines, key):
+            raise ConfigError(f"{where}: {key}: every default needs a comment saying what it "
+                              "is (on its line or the line above)")
+    return data
+
+
+def _has_comment(lines: list[str], key: str) -> bool:
+    for i, line in enumerate(lines):
+        if line.startswith(f"{key}:"):
+            if "#" in line.split(":", 1)[1]:
+                return True
+            return i > 0 and lines[i - 1].lstrip().startswith("#")
+    return True  # not at top level in plain form (flow style): nothing to check
+
+
+def _load_packages(file: Path, shown: str) -> tuple[str, ...]:
+    result: list[str] = []
+    for n, raw in enumerate(file.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        for pkg in line.split():
+            if not PACKAGE_RE.match(pkg):
+                raise ConfigError(f"{shown}:{n}: {pkg!r} is not a Debian package name; "
+                                  "write one name per line, '#' for comments")
+            result.append(pkg)
+    return tuple(result)
+
+
+def _inside(path: Path, layer_root: Path) -> bool:
+    try:
+        (path.parent.resolve() / os.readlink(path)).resolve().relative_to(layer_root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _walk_files(base: Path, shown: str, layer_root: Path) -> list[FileItem]:
+    items: list[FileItem] = []
+    if not base.exists():
+        return items
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        d = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            p = d / name
+            rel = p.relative_to(base).as_posix()
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(p)
+                if os.path.isabs(target) or not _inside(p, layer_root):
+                    raise ConfigError(
+                        f"{shown}/{rel}: symlink points outside the layer (-> {target}); "
+                        "copy the file into the layer, or create the link in a hooks.d script"
+                    )
+                items.append(FileItem(p, "/" + rel, 0o777, "symlink", target))
+            elif stat.S_ISDIR(st.st_mode):
+                items.append(FileItem(p, "/" + rel, stat.S_IMODE(st.st_mode), "dir"))
+            elif stat.S_ISREG(st.st_mode):
+                items.append(FileItem(p, "/" + rel, stat.S_IMODE(st.st_mode), "file"))
+            else:
+                raise ConfigError(f"{shown}/{rel}: not a regular file, folder or symlink; "
+                                  "create device nodes and fifos in a hooks.d script")
+    return items
+
+
+def _walk_templates(base: Path, shown: str, layer_root: Path) -> list[FileItem]:
+    items: list[FileItem] = []
+    for item in _walk_files(base, shown, layer_root):
+        if item.kind == "dir":
+            continue
+        rel = item.dest.lstrip("/")
+        if item.kind != "file" or not rel.endswith(".j2"):
+            raise ConfigError(f"{shown}/{rel}: templates must be files ending in .j2; "
+                              "move other files to files/")
+        items.append(FileItem(item.src, item.dest[: -len(".j2")], item.mode, "file"))
+    return items
+
+
+def _scripts(base: Path, shown: str) -> tuple[Path, ...]:
+    if not base.exists():
+        return ()
+    result = []
+    for p in sorted(base.iterdir()):
+        if p.name.startswith(".") or p.name == "README.md":
+            continue
+        if not SCRIPT_RE.match(p.name):
+            raise ConfigError(f"{shown}/{p.name}: scripts are named NN-name.sh (two digits, "
+                              "a dash, a name); rename it, e.g. '50-{}'".format(
+                                  re.sub(r"[^A-Za-z0-9_.-]", "-", p.stem) + ".sh"))
+        if not p.is_file() or p.is_symlink():
+            raise ConfigError(f"{shown}/{p.name}: not a regular file")
+        if not os.access(p, os.X_OK) or not p.stat().st_mode & 0o100:
+            raise ConfigError(f"{shown}/{p.name}: not executable; run: chmod +x "
+                              f"{shown}/{p.name}")
+        result.append(p)
+    return tuple(result)
+
+
+def tree_hash(root: Path, only: list[str] | None = None) -> str:
+    """sha256 over every path, mode and content below ``root`` (lexical order)."""
+    h = hashlib.sha256()
+    names = sorted(only) if only is not None else sorted(os.listdir(root))
+    for top in names:
+        start = root / top
+        paths = [start] if not start.is_dir() or start.is_symlink() else []
+        if start.is_dir() and not start.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(start):
+                dirnames.sort()
+                paths.append(Path(dirpath))
+                paths.extend(Path(dirpath) / f for f in sorted(filenames))
+        for p in sorted(paths):
+            st = p.lstat()
+            rel = p.relative_to(root).as_posix()
+            h.update(f"{rel}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
+            if stat.S_ISLNK(st.st_mode):
+                h.update(b"L" + os.readlink(p).encode())
+            elif stat.S_ISREG(st.st_mode):
+                h.update(b"F" + p.read_bytes())
+            else:
+                h.update(b"D")
+            h.update(b"\0")
+    return h.hexdigest()

@@ -1,0 +1,131 @@
+"""Rendering layer templates for one host.
+
+Templates are jinja2 with StrictUndefined. They see the host's merged vars
+(layer defaults < cluster vars < host vars) plus the whole inventory, so a
+template can list every node of a group (e.g. the DHCP failover peer). Every
+rendered file must carry the ``managed by pibake`` header that templates get
+as ``{{ pibake_managed }}``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from builder.config import Inventory
+from builder.errors import ConfigError
+from builder.layers import Layer
+
+HEADER_EXEMPT_SUFFIXES = (".json",)  # formats without comments
+
+
+@dataclass(frozen=True)
+class Rendered:
+    dest: str      # absolute path in the image
+    data: bytes
+    mode: int
+    layer: str
+    source: str    # "layers/compute/templates/etc/x.conf.j2"
+
+
+def node_view(inv: Inventory, host: str) -> dict[str, Any]:
+    node = inv.node(host)
+    net = inv.network(host)
+    profile = inv.profile(host)
+    return {
+        "name": node.name,
+        "fqdn": f"{node.name}.{inv.cluster.domain}",
+        "ip": str(node.ip),
+        "mac": node.mac,
+        "model": str(node.model),
+        "arch": profile.base.arch_for(node.model),
+        "base": profile.base.name,
+        "suite": profile.base.suite,
+        "network": net.name,
+        "cidr": str(net.cidr),
+        "prefixlen": net.cidr.prefixlen,
+        "netmask": str(net.cidr.netmask),
+        "gateway": str(net.gateway),
+        "dns": [str(d) for d in net.dns],
+        "layers": list(profile.layers),
+    }
+
+
+def context(inv: Inventory, host: str) -> dict[str, Any]:
+    nodes = [node_view(inv, h) for h in inv.cluster.nodes]
+    by_name = {n["name"]: n for n in nodes}
+    ctx: dict[str, Any] = dict(inv.host_vars(host))
+    ctx.update(
+        host=by_name[host],
+        nodes=nodes,
+        groups={layer: [by_name[h] for h in hosts] for layer, hosts in inv.groups().items()},
+        networks={
+            n.name: {"name": n.name, "cidr": str(n.cidr), "gateway": str(n.gateway),
+                     "netmask": str(n.cidr.netmask), "prefixlen": n.cidr.prefixlen,
+                     "network": str(n.cidr.network_address), "dns": [str(d) for d in n.dns]}
+            for n in inv.cluster.networks.values()
+        },
+        cluster={"name": inv.cluster.name, "domain": inv.cluster.domain,
+                 "timezone": inv.cluster.timezone, "admin_user": inv.cluster.admin.user},
+    )
+    return ctx
+
+
+def _env(layer: Layer) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(layer.path / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_layer(inv: Inventory, host: str, layer: Layer,
+                 ctx: dict[str, Any] | None = None) -> list[Rendered]:
+    if not layer.templates:
+        return []
+    ctx = context(inv, host) if ctx is None else ctx
+    env = _env(layer)
+    out = []
+    for item in layer.templates:
+        rel = item.src.relative_to(layer.path / "templates").as_posix()
+        shown = f"{layer.shown}/templates/{rel}"
+        managed = f"managed by pibake, layer {layer.name} ({rel}); local edits are lost on rebuild"
+        try:
+            text = env.get_template(rel).render({**ctx, "pibake_managed": managed})
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigError(f"{shown}:{exc.lineno}: template syntax error: {exc.message}"
+                              ) from None
+        except jinja2.UndefinedError as exc:
+            line = _template_line(exc, item.src)
+            raise ConfigError(
+                f"{shown}{':' + str(line) if line else ''}: undefined variable: {exc.message}; "
+                f"declare it in {layer.shown}/defaults.yaml or fix the name"
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"{shown}: template error: {exc}") from None
+        if "managed by pibake" not in text and not item.dest.endswith(HEADER_EXEMPT_SUFFIXES):
+            raise ConfigError(f"{shown}: rendered file has no 'managed by pibake' header; add a "
+                              "comment line with {{ pibake_managed }} at the top")
+        out.append(Rendered(item.dest, text.encode(), item.mode & 0o7777, layer.name, shown))
+    return out
+
+
+def _template_line(exc: BaseException, src: Path) -> int | None:
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename == str(src):
+            return frame.lineno
+    return None
+
+
+def render_host(inv: Inventory, host: str) -> list[Rendered]:
+    """Every template of the host's layers, in profile order (a later layer wins)."""
+    ctx = context(inv, host)
+    result: list[Rendered] = []
+    for name in inv.profile(host).layers:
+        result.extend(render_layer(inv, host, inv.layers[name], ctx))
+    return result

@@ -1,0 +1,101 @@
+"""Running host commands. Every child runs in its own process group and is
+killed with its group when pibake is interrupted, so Ctrl-C never leaves an
+orphan qemu, mke2fs or guestfs appliance behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from builder.errors import BuildError, PreflightError
+
+_children: set[subprocess.Popen[bytes]] = set()
+
+
+def which(tool: str, package: str) -> str:
+    """Path of ``tool`` or a PreflightError naming the Debian package to install."""
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if path is None:
+        raise PreflightError(f"'{tool}' not found; install it: apt-get install {package}")
+    return path
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    capture: bool = False,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command; raise BuildError with its last stderr lines if it fails.
+
+    Output is captured (and returned) when ``capture``; otherwise stderr is
+    captured for the error message and stdout is discarded.
+    """
+    args = [os.fspath(a) for a in argv]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise PreflightError(f"'{args[0]}' not found; run 'make setup'") from exc
+    _children.add(proc)
+    try:
+        out, err = proc.communicate(input)
+    except BaseException:
+        kill_group(proc)
+        raise
+    finally:
+        _children.discard(proc)
+    if proc.returncode != 0:
+        tail = " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+        label = what or Path(args[0]).name
+        if "No space left on device" in tail:
+            raise BuildError(f"{label}: no space left on device; free some space and build again")
+        raise BuildError(f"{label} failed (exit {proc.returncode}): {tail or 'no output'}")
+    return subprocess.CompletedProcess(args, proc.returncode, out or b"", err or b"")
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a child's whole process group, then reap it."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def register(proc: subprocess.Popen[bytes]) -> None:
+    """Track a long-running child started elsewhere (qemu) for cleanup."""
+    _children.add(proc)
+
+
+def unregister(proc: subprocess.Popen[bytes]) -> None:
+    _children.discard(proc)
+
+
+def kill_all() -> None:
+    for proc in list(_children):
+        kill_group(proc)
+        _children.discard(proc)

@@ -156,8 +156,7 @@ def load_inventory(root: Path) -> Inventory:
         name = extra[0]
         raise ConfigError(
             f"profiles/{name}.yaml: host '{name}' is not in {CLUSTER_FILE} nodes "
-            f"(known: {known_list(cluster.nodes)}){suggest(name, cluster.nodes)}; add it to "
-            "nodes or remove the file"
+            f"(known: {known_list(cluster.nodes)}); add it to nodes or remove the file"
         )
     return Inventory(root=root, cluster=cluster, layers=MappingProxyType(layers),
                      profiles=MappingProxyType(profiles))

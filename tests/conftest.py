@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny project trees named for their purpose."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+MINI_CLUSTER = """\
+cluster:
+  name: mini
+  domain: mini.lan
+  admin:
+    user: admin
+    ssh_authorized_keys: []
+networks:
+  lan: {cidr: 10.0.2.0/24, gateway: 10.0.2.2, dns: [10.0.2.3]}
+nodes:
+  node-01: {model: pi3, network: lan, ip: 10.0.2.15}
+  node-02: {model: pi3, network: lan, ip: 10.0.2.16}
+"""
+
+WEB_DEFAULTS = """\
+# Greeting the web layer's page shows.
+web_greeting: hello
+web_port: 8080  # port the demo page listens on
+"""
+
+
+def write(path: Path, text: str, mode: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    if mode is not None:
+        path.chmod(mode)
+    return path
+
+
+def make_mini_project(root: Path) -> Path:
+    """Two pi3 nodes on QEMU's user-net addresses; the repo's base layer plus a
+    small 'web' layer with a template, a file and a hook."""
+    write(root / "profiles/cluster.yaml", MINI_CLUSTER)
+    for host in ("node-01", "node-02"):
+        write(root / f"profiles/{host}.yaml", "base: debian-bookworm\nlayers: [base, web]\n")
+    shutil.copytree(REPO / "layers/base", root / "layers/base", symlinks=True)
+    web = root / "layers/web"
+    write(web / "layer.yaml", "description: demo role\nrequires: [base]\n")
+    write(web / "defaults.yaml", WEB_DEFAULTS)
+    write(web / "templates/etc/web/page.txt.j2",
+          "# {{ pibake_managed }}\n{{ web_greeting }} from {{ host.name }} "
+          "({{ groups.web | map(attribute='name') | join(',') }})\n")
+    write(web / "files/etc/web/static.txt", "static\n")
+    write(web / "hooks.d/10-web.sh", "#!/bin/sh\nset -eu\nmkdir -p /srv/web\n"
+          "echo \"$WEB_PORT\" > /srv/web/port\n", 0o755)
+    return root
+
+
+@pytest.fixture
+def mini(tmp_path: Path) -> Path:
+    return make_mini_project(tmp_path / "proj")
+
+
+@pytest.fixture
+def edit() -> Callable[..., Path]:
+    return write

@@ -55,7 +55,9 @@ from builder.schema import (
 
 CLUSTER_FILE = "profiles/cluster.yaml"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-SSH_KEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
+SSH_KEY_RE = re.compile(
+    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -167,13 +169,13 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     top = Reader(load_yaml(root / shown, shown), shown, "",
                  ["cluster", "networks", "nodes", "vars", "bases"])
     c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin"])
-    name = hostname(c.str("name", hint="name the cluster, e.g. name: rpi-cluster"),
+    name = hostname(c.text("name", hint="name the cluster, e.g. name: rpi-cluster"),
                     c.loc("name"))
-    domain = c.str("domain", hint="set the DNS domain, e.g. domain: cluster.lan")
+    domain = c.text("domain", hint="set the DNS domain, e.g. domain: cluster.lan")
     if not all(re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", part) for part in domain.split(".")):
         raise ConfigError(f"{c.loc('domain')}: {domain!r} is not a DNS domain; write it like "
                           "cluster.lan")
-    timezone = c.str("timezone", "Etc/UTC")
+    timezone = c.text("timezone", "Etc/UTC")
     if not re.match(r"^[A-Za-z_]+(/[A-Za-z0-9_+-]+)*$", timezone):
         raise ConfigError(f"{c.loc('timezone')}: {timezone!r} is not a time zone name; write it "
                           "like Europe/Berlin or Etc/UTC")
@@ -181,7 +183,7 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     if mirror is not None and not re.match(r"^(https?|file)://\S+$", mirror):
         raise ConfigError(f"{c.loc('mirror')}: {mirror!r} is not an http(s) or file URL")
     a = c.child("admin", ["user", "ssh_authorized_keys"])
-    user = a.str("user", "admin")
+    user = a.text("user", "admin")
     if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user) or user == "root":
         raise ConfigError(f"{a.loc('user')}: {user!r} is not a valid login name; use lower-case "
                           "letters, digits, '_' or '-' (not root)")
@@ -245,11 +247,11 @@ def _nodes(top: Reader, networks: Mapping[str, Network]) -> dict[str, Node]:
         where = f"nodes.{host}"
         hostname(host, f"{top.shown}: {where}")
         r = Reader(spec, top.shown, where, ["model", "network", "ip", "mac"])
-        model_s = r.str("model", hint="set the Pi model: " + known_list(Model))
+        model_s = r.text("model", hint="set the Pi model: " + known_list(Model))
         if model_s not in Model.__members__:
             raise ConfigError(f"{r.loc('model')}: unknown model {model_s!r} (known: "
                               f"{known_list(Model)}){suggest(model_s, Model.__members__)}")
-        net_name = r.str("network", hint="name one of networks: " + known_list(networks))
+        net_name = r.text("network", hint="name one of networks: " + known_list(networks))
         if net_name not in networks:
             raise ConfigError(f"{r.loc('network')}: no network named {net_name!r} (known: "
                               f"{known_list(networks)}){suggest(net_name, networks)}")
@@ -287,21 +289,21 @@ def _user_base(top: Reader, name: str, spec: Any, root: Path) -> Base:
     if path is not None:
         p = Path(path) if Path(path).is_absolute() else root / path
         url = p.resolve().as_uri()
-    sha = r.str("sha256", hint="add the image file's sha256 (sha256sum FILE)")
+    sha = r.text("sha256", hint="add the image file's sha256 (sha256sum FILE)")
     if not SHA256_RE.match(sha):
         raise ConfigError(f"{r.loc('sha256')}: {short(sha)} is not a sha256 (64 hex digits)")
-    arch = r.str("arch", hint="set arch: armhf, armel or arm64")
+    arch = r.text("arch", hint="set arch: armhf, armel or arm64")
     if arch not in ("armel", "armhf", "arm64"):
         raise ConfigError(f"{r.loc('arch')}: unknown arch {arch!r} (known: arm64, armel, armhf)"
                           f"{suggest(arch, ['armel', 'armhf', 'arm64'])}")
-    suite = r.str("suite", hint="set the Debian release the image is based on, e.g. bookworm")
-    network = r.str("network", "networkd" if suite != "stretch" else "dhcpcd")
+    suite = r.text("suite", hint="set the Debian release the image is based on, e.g. bookworm")
+    network = r.text("network", "networkd" if suite != "stretch" else "dhcpcd")
     if network not in ("networkd", "dhcpcd", "networkmanager"):
         raise ConfigError(f"{r.loc('network')}: unknown network stack {network!r} (known: "
                           "dhcpcd, networkd, networkmanager)")
     return Base(
-        name=name, kind=BaseKind.image, suite=suite, description=r.str("description", name),
-        url=url, sha256=sha, arch=arch, boot_mount=r.str("boot_mount", "/boot/firmware"),
+        name=name, kind=BaseKind.image, suite=suite, description=r.text("description", name),
+        url=url, sha256=sha, arch=arch, boot_mount=r.text("boot_mount", "/boot/firmware"),
         network=network, fs_compat="stretch" if suite in ("stretch", "jessie") else "bookworm",
     )
 
@@ -312,7 +314,7 @@ def load_profile(root: Path, host: str, cluster: Cluster, layers: Mapping[str, L
         raise ConfigError(f"{shown}: missing; every node in {CLUSTER_FILE} needs a profile "
                           "(base, layers, vars)")
     r = Reader(load_yaml(root / shown, shown), shown, "", ["base", "layers", "vars"])
-    base_name = r.str("base", hint="name a base, e.g. base: debian-bookworm")
+    base_name = r.text("base", hint="name a base, e.g. base: debian-bookworm")
     if base_name not in cluster.bases:
         raise ConfigError(f"{shown}: base: no base named {base_name!r} (known: "
                           f"{known_list(cluster.bases)}){suggest(base_name, cluster.bases)}")

@@ -206,9 +206,11 @@ def host_delta(inv: Inventory, host: str, facts: RoleFacts) -> HostDelta:
     root += network_entries(inv, host, base, facts)
     if base.name == "debian-bookworm":
         # raspi-firmware regenerates cmdline.txt on kernel upgrades from this file.
+        console = SERIAL_CONSOLE[inv.node(host).model]
         root.append(_file("/etc/default/raspi-firmware",
-                          f"# managed by pibake, host layer\nROOTPART=PARTUUID={partuuid(disk, 2)}\n"
-                          f"CONSOLES=\"tty0 {SERIAL_CONSOLE[inv.node(host).model]},115200\"\n"))
+                          "# managed by pibake, host layer\n"
+                          f"ROOTPART=PARTUUID={partuuid(disk, 2)}\n"
+                          f"CONSOLES=\"tty0 {console},115200\"\n"))
     user = inv.cluster.admin.user
     uid, gid, home = _user_ids(facts.passwd, user)
     keys = "".join(k + "\n" for k in inv.cluster.admin.ssh_authorized_keys)
@@ -221,7 +223,7 @@ def host_delta(inv: Inventory, host: str, facts: RoleFacts) -> HostDelta:
         {"host": host, "cluster": inv.cluster.name, "layers": list(profile.layers),
          "base": base.name}, indent=2, sort_keys=True) + "\n"))
     boot.append(_file("/cmdline.txt", cmdline_for(inv, host, base, facts, disk)))
-    # Later entries win: a layer template may replace a host-layer default.
+    # The host's identity files win over a layer template of the same path.
     return HostDelta(root=tuple(_dedupe(root)), boot=tuple(_dedupe(boot)),
                      rendered=tuple(rendered))
 

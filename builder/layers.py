@@ -109,7 +109,7 @@ def load_layer(path: Path, shown: str) -> Layer:
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
                   f"{shown}/layer.yaml", "", ["description", "requires", "modes"])
-    description = meta.str("description") if meta.has("description") else ""
+    description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     modes = _modes(meta)
 

@@ -33,7 +33,6 @@ from builder.assemble import (
     make_ext4,
     make_vfat,
     partuuid,
-    read_ext4,
     write_ext4,
     write_vfat,
 )
@@ -42,9 +41,15 @@ from builder.config import Inventory
 from builder.errors import BuildError
 from builder.hostlayer import RoleFacts, disk_id, host_delta
 from builder.layers import Layer
+from builder.outputs import (
+    Compression,
+    compress,
+    image_mode,
+    write_bmap,
+    write_manifest,
+    write_sha256,
+)
 from builder.render import render_host
-from builder.outputs import Compression, compress, image_mode, write_bmap, write_manifest, \
-    write_sha256
 from builder.run import run, which
 
 RECIPE_VERSION = 1  # bump when a stage's recipe changes what it produces
@@ -262,9 +267,9 @@ def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> 
                 layer = inv.layers[name]
                 with log.step(f"layer {name}"):
                     copy_layer_files(layer, tree)
-                    packages = list(layer.packages_for(base.suite))
-                    if packages:
-                        chroot.apt_install(packages)
+                    wanted = list(layer.packages_for(base.suite))
+                    if wanted:
+                        chroot.apt_install(wanted)
                     env = hook_env(inv, base, layer, vars)
                     for hook in layer.hooks:
                         chroot.run_hook(hook, env)

@@ -90,7 +90,7 @@ class Reader:
             raise ConfigError(f"{self.loc(key)}: missing; {hint}")
         return self.data[key]
 
-    def str(self, key: str, default: str | None = None, *, hint: str = "") -> str:
+    def text(self, key: str, default: str | None = None, *, hint: str = "") -> str:
         if key not in self.data:
             if default is None:
                 raise ConfigError(f"{self.loc(key)}: missing; {hint or 'add it'}")
@@ -106,7 +106,7 @@ class Reader:
     def opt_str(self, key: str) -> str | None:
         if self.data.get(key) is None:
             return None
-        return self.str(key)
+        return self.text(key)
 
     def str_list(self, key: str) -> tuple[str, ...]:
         value = self.data.get(key, [])

@@ -1,0 +1,362 @@
+"""``pibake boot``: boot an output image under QEMU and watch its first boot.
+
+    boot_image(image, host=..., machine=Machine.virt, timeout=300, keep=False,
+               ssh_port=None, lan=None, mac=None, overlay=None,
+               extra_cmdline=(), ssh_user=None) -> BootResult
+
+The image is never written: QEMU runs on a qcow2 overlay (bigger than the
+image, so the grow-root step has work to do). Pass ``overlay`` to keep it and
+boot the same disk again (a second boot must report ``done`` without running
+any step again). The serial console is followed; ``pibake-firstboot:`` lines
+are echoed as they come; ``pibake-firstboot: done`` returns a BootResult,
+``failed at NN-name``, an early QEMU exit or the timeout raise BootError with
+the last console lines. The guest is then powered off cleanly (QMP power
+button, kill after 60 s) unless ``keep``.
+
+Machines:
+- ``virt`` (default): QEMU's generic ARM board with virtio disk and network.
+  The kernel and initrd are the image's own (``vmlinuz-*``/``initrd.img-*`` on
+  the boot partition, as Debian's raspi-firmware puts them: arm64 and armmp
+  kernels). The command line is the image's cmdline.txt with root= and
+  console= replaced (``root=PARTUUID=<disk id>-02 console=ttyAMA0``).
+  Exercises: the image's user space, kernel, initrd, fstab, systemd units and
+  first-boot steps. Does not exercise: the Pi firmware, config.txt, the Pi
+  device tree, Pi drivers (SD controller, Wi-Fi, GPIO).
+- ``raspi3b``: QEMU's Pi 3 model with the image's arm64 kernel and the Pi 3
+  device tree from the boot partition, console on the mini-UART (ttyS1), USB
+  networking. Closer to hardware (Pi device tree and drivers), still no
+  firmware/config.txt; slower, a single TCG thread.
+Not yet implemented: images whose kernel only runs on Pi hardware (Raspbian's
+kernel7.img, Debian's rpi flavour for Pi 1) booted on ``virt`` with a Debian
+generic kernel whose modules go into the overlay; they raise BootError.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder import log
+from builder.errors import BootError
+from builder.qemu import (
+    Arch,
+    LanSpec,
+    Machine,
+    Vm,
+    VmSpec,
+    choose_accel,
+    create_overlay,
+    free_port,
+    mac_for,
+    short_tmpdir,
+)
+from builder.run import run, which
+
+MARKER = "pibake-firstboot: "
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    start: int  # bytes
+    size: int  # bytes
+    type: str
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    label: str
+    disk_id: str  # "1234abcd" for dos
+    partitions: tuple[Partition, ...]
+
+    def root_partuuid(self, number: int = 2) -> str:
+        if self.label != "dos":
+            raise BootError(f"partition table label '{self.label}' is not supported; expected dos")
+        return f"{self.disk_id}-{number:02d}"
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    kernel: Path
+    initrd: Path | None
+    dtb: Path | None
+    cmdline: str
+    arch: Arch
+
+
+@dataclass
+class BootResult:
+    host: str
+    seconds: float  # QEMU start to "done"
+    progress: list[str]
+    ssh_port: int
+    overlay: Path | None  # None when it was temporary and is gone
+    pid: int | None = None  # the still running qemu when keep
+    ssh_command: str | None = None
+    console_log: Path | None = None
+
+
+# -- reading the image -----------------------------------------------------
+
+
+def disk_layout(image: Path) -> DiskLayout:
+    which("sfdisk", "fdisk")
+    out = run(["sfdisk", "--json", image], capture=True, what=f"sfdisk --json {image}").stdout
+    table = json.loads(out)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    parts = tuple(
+        Partition(
+            number=int(re.sub(r".*?(\d+)$", r"\1", p["node"])),
+            start=int(p["start"]) * sector,
+            size=int(p["size"]) * sector,
+            type=str(p.get("type", "")),
+        )
+        for p in table.get("partitions", [])
+    )
+    disk_id = str(table.get("id", "")).lower().removeprefix("0x")
+    return DiskLayout(label=table.get("label", ""), disk_id=disk_id, partitions=parts)
+
+
+def boot_partition(image: Path, layout: DiskLayout) -> Partition:
+    if not layout.partitions:
+        raise BootError(f"{image}: no partitions; is it a pibake output image?")
+    return layout.partitions[0]
+
+
+def list_fat(image: Path, part: Partition) -> list[str]:
+    which("mdir", "mtools")
+    out = run(
+        ["mdir", "-b", "-i", f"{image}@@{part.start}", "::/"],
+        capture=True,
+        what=f"mdir {image}",
+        env={"MTOOLS_SKIP_CHECK": "1"},
+    ).stdout.decode(errors="replace")
+    return sorted(line.strip().removeprefix("::/") for line in out.splitlines() if line.strip())
+
+
+def copy_fat(image: Path, part: Partition, name: str, dest: Path) -> Path:
+    run(
+        ["mcopy", "-n", "-i", f"{image}@@{part.start}", f"::/{name}", dest],
+        what=f"mcopy {name} from {image}",
+        env={"MTOOLS_SKIP_CHECK": "1"},
+    )
+    return dest
+
+
+def _version_key(name: str) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def pick_kernel(image: Path, names: list[str]) -> tuple[str, str | None, Arch]:
+    """The newest ``vmlinuz-VERSION`` on the boot partition, its initrd and arch."""
+    kernels = sorted((n for n in names if n.startswith("vmlinuz-")), key=_version_key)
+    if not kernels:
+        raise BootError(
+            f"{image}: no vmlinuz-* on the boot partition; booting Pi-only kernels "
+            "(Raspbian, Debian rpi flavour) on -M virt is not implemented yet"
+        )
+    kernel = kernels[-1]
+    version = kernel.removeprefix("vmlinuz-")
+    if version.endswith("arm64"):
+        arch = Arch.arm64
+    elif "armmp" in version:
+        arch = Arch.arm
+    else:
+        raise BootError(
+            f"{image}: kernel {kernel} is not a generic arm64 or armmp kernel; "
+            "booting Pi-only kernels on -M virt is not implemented yet"
+        )
+    initrd = f"initrd.img-{version}"
+    return kernel, initrd if initrd in names else None, arch
+
+
+def virt_cmdline(image_cmdline: str, partuuid: str, console: str, extra: tuple[str, ...]) -> str:
+    """The image's own cmdline.txt with root=, console= and Pi-only options replaced."""
+    drop = ("root=", "console=", "init=/usr/lib/raspi-config", "kgdboc=", "rootfstype=")
+    keep = [a for a in image_cmdline.split() if not a.startswith(drop)]
+    args = [f"root=PARTUUID={partuuid}", "rootfstype=ext4", *keep, f"console={console}"]
+    if "rootwait" not in args:
+        args.append("rootwait")
+    return " ".join([*args, *extra])
+
+
+def extract_boot_files(
+    image: Path, workdir: Path, machine: Machine, extra_cmdline: tuple[str, ...]
+) -> BootFiles:
+    layout = disk_layout(image)
+    part = boot_partition(image, layout)
+    names = list_fat(image, part)
+    kernel, initrd, arch = pick_kernel(image, names)
+    cmdline = ""
+    if "cmdline.txt" in names:
+        cmdline = copy_fat(image, part, "cmdline.txt", workdir / "cmdline.txt").read_text()
+    dtb = None
+    console = "ttyAMA0"
+    if machine is Machine.raspi3b:
+        if arch is not Arch.arm64:
+            raise BootError(f"{image}: --machine raspi3b needs an arm64 kernel, found {kernel}")
+        dtbs = [n for n in names if n in ("bcm2837-rpi-3-b.dtb", "bcm2710-rpi-3-b.dtb")]
+        if not dtbs:
+            raise BootError(f"{image}: no bcm2837-rpi-3-b.dtb on the boot partition for raspi3b")
+        dtb = copy_fat(image, part, dtbs[0], workdir / dtbs[0])
+        console = "ttyS1,115200"
+    return BootFiles(
+        kernel=copy_fat(image, part, kernel, workdir / kernel),
+        initrd=copy_fat(image, part, initrd, workdir / initrd) if initrd else None,
+        dtb=dtb,
+        cmdline=virt_cmdline(cmdline, layout.root_partuuid(), console, extra_cmdline),
+        arch=arch,
+    )
+
+
+# -- following the console -------------------------------------------------
+
+
+@dataclass
+class ConsoleWatch:
+    """Parses console lines: collects progress lines, keeps the last lines."""
+
+    progress: list[str] = field(default_factory=list)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    done: bool = False
+    failed_step: str | None = None
+
+    def feed(self, line: str) -> str | None:
+        """Take one console line; return its progress message if it has one."""
+        self.tail.append(line)
+        at = line.find(MARKER)
+        if at < 0:
+            return None
+        msg = line[at + len(MARKER) :].strip()
+        self.progress.append(msg)
+        if msg == "done":
+            self.done = True
+        elif m := re.fullmatch(r"failed at (\S+)", msg):
+            self.failed_step = m.group(1)
+        return msg
+
+    def last_lines(self) -> str:
+        return " | ".join(line.strip() for line in self.tail if line.strip())
+
+
+# -- the engine ------------------------------------------------------------
+
+
+def boot_image(
+    image: Path,
+    *,
+    host: str,
+    machine: Machine = Machine.virt,
+    timeout: float = 300,
+    keep: bool = False,
+    ssh_port: int | None = None,
+    lan: LanSpec | None = None,
+    mac: str | None = None,
+    overlay: Path | None = None,
+    extra_cmdline: tuple[str, ...] = (),
+    ssh_user: str | None = None,
+    smp: int = 2,
+    memory_mib: int = 512,
+) -> BootResult:
+    if not image.is_file():
+        raise BootError(f"{image}: no such image; build it first: pibake build {host}")
+    tmp = short_tmpdir()
+    if overlay is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"pibake-boot-{host}-"))
+        disk = workdir / "overlay.qcow2"
+    else:
+        # next to a kept overlay, so its console log survives for a look
+        workdir = overlay.parent / f"{overlay.name}.boot"
+        workdir.mkdir(parents=True, exist_ok=True)
+        disk = overlay
+    try:
+        files = extract_boot_files(image, workdir, machine, extra_cmdline)
+        if not disk.exists():
+            create_overlay(image, disk)
+        port = ssh_port or free_port()
+        spec = VmSpec(
+            disk=disk,
+            kernel=files.kernel,
+            initrd=files.initrd,
+            dtb=files.dtb,
+            append=files.cmdline,
+            console_log=workdir / "console.log",
+            qmp_socket=tmp / "qmp.sock",
+            ssh_port=port,
+            mac=mac or mac_for(host),
+            arch=files.arch,
+            machine=machine,
+            smp=smp,
+            memory_mib=memory_mib,
+            accel=choose_accel(files.arch) if machine is Machine.virt else "tcg",
+            lan=lan,
+            lan_mac=mac_for(f"{host}/lan"),
+        )
+        with Vm(spec) as vm:
+            seconds, progress = watch_console(vm, host, timeout)
+            result = BootResult(
+                host=host,
+                seconds=seconds,
+                progress=progress,
+                ssh_port=port,
+                overlay=disk if keep or overlay is not None else None,
+                console_log=spec.console_log if keep or overlay is not None else None,
+            )
+            if keep:
+                vm.keep = True
+                result.pid = vm.pid
+                user = f"{ssh_user}@" if ssh_user else ""
+                result.ssh_command = (
+                    f"ssh -p {port} -o StrictHostKeyChecking=no "
+                    f"-o UserKnownHostsFile=/dev/null {user}127.0.0.1"
+                )
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if overlay is None and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def watch_console(vm: Vm, host: str, timeout: float) -> tuple[float, list[str]]:
+    """Follow the console until done: (seconds from QEMU start, progress
+    messages); BootError on a failed step, an early QEMU exit or the timeout."""
+    watch = ConsoleWatch()
+    for line in vm.console_lines(deadline=vm.started + timeout):
+        msg = watch.feed(line)
+        if msg is not None:
+            log.info(f"{host}: {MARKER}{msg}")
+        if watch.done:
+            return time.monotonic() - vm.started, watch.progress
+        if watch.failed_step:
+            raise BootError(
+                f"{host}: first-boot step {watch.failed_step} failed; "
+                f"last console lines: {watch.last_lines()}"
+            )
+    code = vm.exited()
+    if code is not None:
+        err = vm.stderr_tail()
+        raise BootError(
+            f"{host}: qemu exited (code {code}) before the first boot finished"
+            f"{': ' + err if err else ''}; last console lines: {watch.last_lines() or 'none'}"
+        )
+    raise BootError(
+        f"{host}: no 'pibake-firstboot: done' within {timeout:.0f}s; raise the timeout "
+        f"or read the console; last console lines: {watch.last_lines() or 'none'}"
+    )
+
+
+def ssh_argv(port: int, user: str, key: Path, command: str) -> list[str]:
+    """An ssh command line to a booted VM (for tests and ``--keep``)."""
+    return [
+        "ssh", "-p", str(port), "-i", str(key),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+        f"{user}@127.0.0.1", command,
+    ]  # fmt: skip

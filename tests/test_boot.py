@@ -1,0 +1,435 @@
+"""pibake boot: QEMU command lines, console parsing, KVM fallback, overlays,
+reading the boot partition; boot tests (marker ``boot``) run a real image."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder import boot, qemu
+from builder.boot import ConsoleWatch, boot_image, pick_kernel, virt_cmdline, watch_console
+from builder.cache import sha256_file
+from builder.errors import BootError
+from builder.qemu import Arch, LanSpec, Machine, VmSpec, mac_for, pick_accel, qemu_argv
+
+SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
+
+
+def spec(**kw: object) -> VmSpec:
+    base: dict[str, object] = dict(
+        disk=Path("/w/o.qcow2"),
+        kernel=Path("/w/vmlinuz"),
+        initrd=Path("/w/initrd"),
+        append="root=PARTUUID=abcd-02 console=ttyAMA0",
+        console_log=Path("/w/console.log"),
+        qmp_socket=Path("/t/qmp.sock"),
+        ssh_port=2222,
+        mac="52:54:00:aa:bb:cc",
+    )
+    base.update(kw)
+    return VmSpec(**base)  # type: ignore[arg-type]
+
+
+def test_virt_arm64_argv() -> None:
+    assert qemu_argv(spec()) == [
+        "qemu-system-aarch64",
+        "-M", "virt", "-cpu", "max,pauth-impdef=on",
+        "-accel", "tcg,tb-size=64", "-smp", "2", "-m", "512",
+        "-nodefaults", "-display", "none", "-no-reboot",
+        "-kernel", "/w/vmlinuz", "-initrd", "/w/initrd",
+        "-append", "root=PARTUUID=abcd-02 console=ttyAMA0",
+        "-chardev", "file,id=con,path=/w/console.log", "-serial", "chardev:con",
+        "-drive", "if=none,id=disk0,format=qcow2,file=/w/o.qcow2",
+        "-device", "virtio-blk-pci,drive=disk0",
+        "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22",
+        "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:cc",
+        "-device", "virtio-rng-pci",
+        "-qmp", "unix:/t/qmp.sock,server=on,wait=off",
+    ]  # fmt: skip
+
+
+def test_virt_armhf_argv_uses_qemu_system_arm_without_highmem() -> None:
+    argv = qemu_argv(spec(arch=Arch.arm, smp=1))
+    assert argv[:6] == ["qemu-system-arm", "-M", "virt,highmem=off", "-cpu", "cortex-a15", "-accel"]
+    assert argv[argv.index("-smp") + 1] == "1"
+
+
+def test_kvm_argv() -> None:
+    argv = qemu_argv(spec(accel="kvm"))
+    assert argv[3:7] == ["-cpu", "host", "-accel", "kvm"]
+
+
+def test_lan_adds_a_multicast_nic_on_localhost_with_its_own_mac() -> None:
+    argv = qemu_argv(spec(lan=LanSpec(port=41000), lan_mac="52:54:00:11:22:33"))
+    i = argv.index("socket,id=lan0,mcast=230.0.0.1:41000,localaddr=127.0.0.1")
+    assert argv[i - 1 : i + 3] == [
+        "-netdev",
+        "socket,id=lan0,mcast=230.0.0.1:41000,localaddr=127.0.0.1",
+        "-device",
+        "virtio-net-pci,netdev=lan0,mac=52:54:00:11:22:33",
+    ]
+
+
+def test_raspi3b_argv_puts_the_console_on_the_mini_uart() -> None:
+    argv = qemu_argv(spec(machine=Machine.raspi3b, dtb=Path("/w/bcm2837-rpi-3-b.dtb")))
+    assert argv[:5] == ["qemu-system-aarch64", "-M", "raspi3b", "-accel", "tcg,thread=single"]
+    i = argv.index("-serial")
+    assert argv[i : i + 4] == ["-serial", "null", "-serial", "chardev:con"]
+    assert "if=sd,format=qcow2,file=/w/o.qcow2" in argv
+    assert argv[argv.index("-dtb") + 1] == "/w/bcm2837-rpi-3-b.dtb"
+    assert "usb-net,netdev=net0,mac=52:54:00:aa:bb:cc" in argv
+
+
+def test_macs_are_stable_distinct_and_locally_administered() -> None:
+    assert mac_for("compute-01") == mac_for("compute-01")
+    macs = {mac_for(f"compute-0{i}") for i in range(1, 9)} | {mac_for("compute-01/lan")}
+    assert len(macs) == 9
+    assert all(m.startswith("52:54:00:") and len(m) == 17 for m in macs)
+
+
+@pytest.mark.parametrize(
+    ("host", "guest", "present", "works", "expected"),
+    [
+        ("x86_64", Arch.arm64, True, True,
+         ("tcg", "ARM guests cannot use KVM on a x86_64 host; using TCG emulation")),
+        ("aarch64", Arch.arm64, False, True, ("tcg", "no /dev/kvm; using TCG emulation")),
+        ("aarch64", Arch.arm64, True, False,
+         ("tcg", "/dev/kvm is present but QEMU cannot use it; using TCG emulation")),
+        ("aarch64", Arch.arm64, True, True, ("kvm", None)),
+        ("aarch64", Arch.arm, True, True,
+         ("tcg", "32-bit ARM guests are not run under KVM here; using TCG emulation")),
+    ],
+)  # fmt: skip
+def test_pick_accel(
+    host: str, guest: Arch, present: bool, works: bool, expected: tuple[str, str | None]
+) -> None:
+    probed: list[bool] = []
+
+    def probe() -> bool:
+        probed.append(True)
+        return works
+
+    assert pick_accel(host, guest, present, probe) == expected
+    # the probe (a qemu start) runs only when KVM could be used at all
+    assert bool(probed) == (host == "aarch64" and guest is Arch.arm64 and present)
+
+
+def test_overlay_size_is_a_power_of_two_bigger_than_the_image() -> None:
+    assert qemu.overlay_size(100 << 20) == 512 << 20
+    assert qemu.overlay_size(1900 << 20) == 4 << 30
+    assert qemu.overlay_size(2 << 30) == 4 << 30
+
+
+def test_overlay_takes_the_writes_and_the_image_is_unchanged(tmp_path: Path) -> None:
+    image = tmp_path / "host.img"
+    image.write_bytes(b"\x5a" * (1 << 20))
+    before = sha256_file(image)
+    overlay = qemu.create_overlay(image, tmp_path / "o" / "overlay.qcow2")
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(overlay)], capture_output=True, text=True
+    )
+    assert json.loads(info.stdout)["virtual-size"] == 512 << 20
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 64k", str(overlay)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    read = subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "read -P 0xab 0 64k", str(overlay)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert "Pattern verification failed" not in read.stdout and read.returncode == 0
+    assert sha256_file(image) == before
+
+
+# -- console ---------------------------------------------------------------
+
+
+def test_console_watch_collects_progress_and_done() -> None:
+    watch = ConsoleWatch()
+    lines = [
+        "[    3.1] random: crng init done",
+        "pibake-firstboot: 05-grow-root ok",
+        "[  OK  ] Started ssh.service.pibake-firstboot: 10-ssh-host-keys ok\r",
+        "grow-root: growing partition 2",
+        "pibake-firstboot: done",
+    ]
+    msgs = [watch.feed(qemu.clean_line(line.encode())) for line in lines]
+    assert msgs == [None, "05-grow-root ok", "10-ssh-host-keys ok", None, "done"]
+    assert watch.progress == ["05-grow-root ok", "10-ssh-host-keys ok", "done"]
+    assert watch.done and watch.failed_step is None
+
+
+def test_console_watch_failure_names_the_step_and_keeps_20_lines() -> None:
+    watch = ConsoleWatch()
+    for i in range(30):
+        watch.feed(f"line {i}")
+    watch.feed("pibake-firstboot: 30-join failed (exit 1)")
+    watch.feed("pibake-firstboot: failed at 30-join")
+    assert watch.failed_step == "30-join" and not watch.done
+    assert watch.last_lines().split(" | ")[0] == "line 12"
+    assert len(watch.tail) == 20
+
+
+def test_clean_line_drops_escapes_and_carriage_returns() -> None:
+    raw = b"\x1b[0;32m  OK  \x1b[0m] Reached target \x1b[1mMulti-User\x1b[0m.\r"
+    assert qemu.clean_line(raw) == "  OK  ] Reached target Multi-User."
+
+
+class FakeVm:
+    def __init__(self, lines: list[str], code: int | None, err: str = "") -> None:
+        self.lines, self.code, self.err = lines, code, err
+        self.started = time.monotonic()
+
+    def console_lines(self, deadline: float) -> Iterator[str]:
+        yield from self.lines
+
+    def exited(self) -> int | None:
+        return self.code
+
+    def stderr_tail(self) -> str:
+        return self.err
+
+
+def test_watch_console_done() -> None:
+    vm = FakeVm(["x", "pibake-firstboot: 05-a ok", "pibake-firstboot: done", "after"], None)
+    seconds, progress = watch_console(vm, "compute-01", 60)  # type: ignore[arg-type]
+    assert progress == ["05-a ok", "done"]
+    assert 0 <= seconds < 5
+
+
+def test_watch_console_failed_step() -> None:
+    lines = ["boot", "pibake-firstboot: 40-b failed (exit 1)", "pibake-firstboot: failed at 40-b"]
+    with pytest.raises(BootError) as err:
+        watch_console(FakeVm(lines, None), "compute-01", 60)  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "compute-01: first-boot step 40-b failed; last console lines: boot | "
+        "pibake-firstboot: 40-b failed (exit 1) | pibake-firstboot: failed at 40-b"
+    )
+
+
+def test_watch_console_timeout() -> None:
+    with pytest.raises(BootError) as err:
+        watch_console(FakeVm(["Booting Linux"], None), "compute-01", 90)  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "compute-01: no 'pibake-firstboot: done' within 90s; raise the timeout or read the "
+        "console; last console lines: Booting Linux"
+    )
+
+
+def test_watch_console_qemu_exit() -> None:
+    vm = FakeVm([], 1, "qemu-system-aarch64: -drive: Could not open 'x'")
+    with pytest.raises(BootError) as err:
+        watch_console(vm, "compute-01", 90)  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "compute-01: qemu exited (code 1) before the first boot finished: "
+        "qemu-system-aarch64: -drive: Could not open 'x'; last console lines: none"
+    )
+
+
+# -- the image's boot partition ----------------------------------------------
+
+
+def test_virt_cmdline_replaces_root_and_console() -> None:
+    debian = "console=tty0 console=ttyS1,115200 root=/dev/mmcblk0p2 rw fsck.repair=yes cma=64M"
+    assert virt_cmdline(debian, "1234abcd-02", "ttyAMA0", ()) == (
+        "root=PARTUUID=1234abcd-02 rootfstype=ext4 rw fsck.repair=yes cma=64M "
+        "console=ttyAMA0 rootwait"
+    )
+    raspbian = (
+        "dwc_otg.lpm_enable=0 console=serial0,115200 console=tty1 root=PARTUUID=ee25660b-02 "
+        "rootfstype=ext4 elevator=deadline fsck.repair=yes rootwait quiet "
+        "init=/usr/lib/raspi-config/init_resize.sh"
+    )
+    assert virt_cmdline(raspbian, "ee25660b-02", "ttyAMA0", ("systemd.log_level=info",)) == (
+        "root=PARTUUID=ee25660b-02 rootfstype=ext4 dwc_otg.lpm_enable=0 elevator=deadline "
+        "fsck.repair=yes rootwait quiet console=ttyAMA0 systemd.log_level=info"
+    )
+
+
+def test_pick_kernel_newest_generic_kernel_and_its_initrd() -> None:
+    names = [
+        "config.txt", "initrd.img-6.1.0-9-arm64", "vmlinuz-6.1.0-9-arm64",
+        "vmlinuz-6.1.0-10-arm64", "initrd.img-6.1.0-10-arm64",
+    ]  # fmt: skip
+    assert pick_kernel(Path("o/c.img"), names) == (
+        "vmlinuz-6.1.0-10-arm64",
+        "initrd.img-6.1.0-10-arm64",
+        Arch.arm64,
+    )
+    assert pick_kernel(Path("o/c.img"), ["vmlinuz-6.1.0-10-armmp"]) == (
+        "vmlinuz-6.1.0-10-armmp",
+        None,
+        Arch.arm,
+    )
+
+
+def test_pick_kernel_refuses_pi_only_kernels() -> None:
+    with pytest.raises(BootError) as err:
+        pick_kernel(Path("output/lanmain-01.img"), ["kernel.img", "kernel7.img", "cmdline.txt"])
+    assert str(err.value) == (
+        "output/lanmain-01.img: no vmlinuz-* on the boot partition; booting Pi-only kernels "
+        "(Raspbian, Debian rpi flavour) on -M virt is not implemented yet"
+    )
+
+
+def make_image(path: Path, files: dict[str, bytes]) -> None:
+    """A tiny dos-labelled image: FAT boot partition with ``files``, empty root."""
+    with open(path, "wb") as f:
+        f.truncate(24 << 20)
+    table = "label: dos\nlabel-id: 0x1234abcd\n2048,16384,c\n18432,,83\n"
+    subprocess.run(["sfdisk", "-q", str(path)], input=table, text=True, check=True)
+    env = {"PATH": SBIN}
+    subprocess.run(
+        ["mkfs.vfat", "--offset", "2048", str(path), str(16384 // 2)],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    src = path.parent / "src"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+        subprocess.run(
+            ["mcopy", "-i", f"{path}@@{2048 * 512}", str(src / name), f"::/{name}"],
+            check=True, env={**env, "MTOOLS_SKIP_CHECK": "1"},
+        )  # fmt: skip
+
+
+needs_tools = pytest.mark.skipif(
+    not all(shutil.which(t, path=SBIN) for t in ("sfdisk", "mkfs.vfat", "mcopy")),
+    reason="needs fdisk, dosfstools, mtools",
+)
+
+
+@needs_tools
+def test_extract_boot_files_from_the_images_boot_partition(tmp_path: Path) -> None:
+    image = tmp_path / "compute-01.img"
+    make_image(
+        image,
+        {
+            "vmlinuz-6.1.0-10-arm64": b"KERNEL",
+            "initrd.img-6.1.0-10-arm64": b"INITRD",
+            "cmdline.txt": b"console=tty0 console=ttyS1,115200 root=/dev/mmcblk0p2 rw\n",
+            "config.txt": b"arm_64bit=1\n",
+        },
+    )
+    before = sha256_file(image)
+    work = tmp_path / "work"
+    work.mkdir()
+    files = boot.extract_boot_files(image, work, Machine.virt, ())
+    assert files.kernel.read_bytes() == b"KERNEL"
+    assert files.initrd is not None and files.initrd.read_bytes() == b"INITRD"
+    assert files.cmdline == "root=PARTUUID=1234abcd-02 rootfstype=ext4 rw console=ttyAMA0 rootwait"
+    assert files.arch is Arch.arm64 and files.dtb is None
+    assert sha256_file(image) == before
+
+
+@needs_tools
+def test_raspi3b_needs_the_pi3_device_tree(tmp_path: Path) -> None:
+    image = tmp_path / "compute-01.img"
+    make_image(image, {"vmlinuz-6.1.0-10-arm64": b"K", "cmdline.txt": b"root=/dev/mmcblk0p2\n"})
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(BootError) as err:
+        boot.extract_boot_files(image, work, Machine.raspi3b, ())
+    assert str(err.value) == f"{image}: no bcm2837-rpi-3-b.dtb on the boot partition for raspi3b"
+
+
+def test_missing_image_names_the_build_command(tmp_path: Path) -> None:
+    with pytest.raises(BootError) as err:
+        boot_image(tmp_path / "nope.img", host="compute-01")
+    assert (
+        str(err.value)
+        == f"{tmp_path}/nope.img: no such image; build it first: pibake build compute-01"
+    )
+
+
+# -- QEMU itself ---------------------------------------------------------------
+
+
+@pytest.mark.boot
+def test_vm_leaves_no_qemu_behind_when_the_guest_ignores_powerdown(tmp_path: Path) -> None:
+    # a "kernel" of zeros never handles the power button: the kill fallback must act
+    kernel = tmp_path / "zeros"
+    kernel.write_bytes(bytes(4096))
+    image = tmp_path / "i.img"
+    image.write_bytes(bytes(1 << 20))
+    overlay = qemu.create_overlay(image, tmp_path / "o.qcow2")
+    sock_dir = qemu.short_tmpdir()
+    vm_spec = spec(
+        disk=overlay, kernel=kernel, initrd=None, console_log=tmp_path / "console.log",
+        qmp_socket=sock_dir / "qmp.sock", ssh_port=qemu.free_port(),
+    )  # fmt: skip
+    vm = qemu.Vm(vm_spec, powerdown_timeout=2)
+    with vm:
+        deadline = time.monotonic() + 10
+        while not (sock_dir / "qmp.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert vm.exited() is None
+        pid = vm.pid
+    assert vm.exited() is not None
+    assert not Path(f"/proc/{pid}").exists()
+    shutil.rmtree(sock_dir)
+
+
+# -- booting a real image (built by `pibake build`) ----------------------------
+
+BOOT_IMAGE = os.environ.get("PIBAKE_BOOT_TEST_IMAGE", "output/compute-01.img")
+BOOT_KEY = os.environ.get("PIBAKE_BOOT_TEST_KEY")  # private key whose .pub the image trusts
+BOOT_USER = os.environ.get("PIBAKE_BOOT_TEST_USER", "admin")
+BOOT_HOST = Path(BOOT_IMAGE).stem
+
+needs_image = pytest.mark.skipif(
+    not (Path(BOOT_IMAGE).is_file() and BOOT_KEY),
+    reason=f"needs {BOOT_IMAGE} and PIBAKE_BOOT_TEST_KEY (build it with pibake build)",
+)
+
+# Units that cannot work under QEMU -M virt, each with why.
+ALLOWED_FAILED_UNITS: set[str] = {
+    # no Wi-Fi/Bluetooth hardware or Pi firmware on the virt board
+    "hciuart.service",
+    "bluetooth.service",
+    "wpa_supplicant.service",
+}
+
+
+def ssh(port: int, command: str) -> str:
+    assert BOOT_KEY is not None
+    argv = boot.ssh_argv(port, BOOT_USER, Path(BOOT_KEY), command)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout.strip()
+
+
+@pytest.mark.boot
+@needs_image
+def test_boot_image_runs_first_boot_once(tmp_path: Path) -> None:
+    image = Path(BOOT_IMAGE)
+    before = sha256_file(image)
+    overlay = tmp_path / "overlay.qcow2"
+    first = boot_image(image, host=BOOT_HOST, overlay=overlay, keep=True, timeout=600)
+    try:
+        assert first.progress[-1] == "done"
+        assert "05-grow-root ok" in first.progress
+        port = first.ssh_port
+        assert ssh(port, "hostname") == BOOT_HOST
+        root_bytes = int(ssh(port, "df -B1 --output=size / | tail -n 1"))
+        assert root_bytes > image.stat().st_size  # grown into the bigger overlay
+        failed = set(ssh(port, "systemctl --failed --plain --no-legend | cut -d' ' -f1").split())
+        assert failed <= ALLOWED_FAILED_UNITS
+        state = ssh(port, "systemctl is-system-running")
+        assert state == "running" or (state == "degraded" and failed)
+        ssh(port, "sudo poweroff || poweroff")
+    finally:
+        if first.pid is not None:
+            deadline = time.monotonic() + 60
+            while Path(f"/proc/{first.pid}").exists() and time.monotonic() < deadline:
+                time.sleep(1)
+            if Path(f"/proc/{first.pid}").exists():
+                os.kill(first.pid, 9)
+    second = boot_image(image, host=BOOT_HOST, overlay=overlay, timeout=600)
+    assert second.progress == ["done"]  # nothing ran again
+    assert sha256_file(image) == before

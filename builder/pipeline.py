@@ -154,7 +154,7 @@ def _image_base(base: Base, arch: str) -> BaseArtifact:
     meta = _read_meta(folder)
     if meta is None:
         img = fetch(base.url, base.sha256, name=base.name)
-        with log.step(f"extract {base.name} (libguestfs)"), cache.atomic_dir(folder) as tmp:
+        with cache.atomic_dir(folder) as tmp:
             layout = extract_image(img, tmp / "rootfs.tar")
             meta = {"name": base.name, "arch": arch, "suite": base.suite,
                     "boot_mount": layout.boot_mount, "cmdline": layout.cmdline,
@@ -273,6 +273,7 @@ def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> 
                     env = hook_env(inv, base, layer, vars)
                     for hook in layer.hooks:
                         chroot.run_hook(hook, env)
+        lock_passwords(tree)
         packages = dpkg_versions(tree)
         facts = {
             "passwd": _read_text(tree / "etc/passwd"),
@@ -296,6 +297,24 @@ def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> 
                     "base": base.key}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta
+
+
+def lock_passwords(tree: Path) -> None:
+    """No account keeps a usable password (Raspbian's pi has a well-known one):
+    every hash in /etc/shadow gets the '!' that ``usermod -L`` would add."""
+    shadow = tree / "etc/shadow"
+    if not shadow.is_file():
+        return
+    lines = []
+    for line in shadow.read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 1 and fields[1] and fields[1][0] not in "!*":
+            fields[1] = "!" + fields[1]
+        lines.append(":".join(fields))
+    st = shadow.stat()
+    shadow.write_text("\n".join(lines) + "\n")
+    os.chown(shadow, st.st_uid, st.st_gid)
+    os.chmod(shadow, st.st_mode & 0o7777)
 
 
 def _read_text(path: Path) -> str:

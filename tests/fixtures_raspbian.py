@@ -48,6 +48,22 @@ CONFIG_TXT = "# For more options and information see the firmware documentation\
 CAP_FILE = "bin/ping"
 CAP_XATTR = bytes.fromhex("0100000200200000000000000000000000000000")
 PI_UID = 1000
+PASSWD = (
+    "root:x:0:0:root:/root:/bin/bash\n"
+    "pi:x:1000:1000:,,,:/home/pi:/bin/bash\n"
+)
+# As shipped: pi has the well-known default password (this hash is not it).
+SHADOW = (
+    "root:*:17846:0:99999:7:::\n"
+    "pi:$6$fixture$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:17846:0:99999:7:::\n"
+)
+DPKG_STATUS = (
+    "Package: raspberrypi-kernel\nStatus: install ok installed\nArchitecture: armhf\n"
+    "Version: 1.20181112-1\n\n"
+    "Package: dhcpcd5\nStatus: install ok installed\nArchitecture: armhf\n"
+    "Version: 1:6.11.5-1+rpt7\n\n"
+)
+DHCPCD_CONF = "# A sample configuration for dhcpcd.\nhostname\nclientid\npersistent\n"
 
 
 def _root_tree(root: Path) -> None:
@@ -58,7 +74,14 @@ def _root_tree(root: Path) -> None:
         path.chmod(mode)
         return path
 
+    for folder in ("proc", "sys", "dev", "run", "tmp", "var/tmp", "usr/bin", "usr/sbin", "sbin",
+                   "lib", "var/log/apt", "var/lib/apt/lists", "var/cache/apt/archives"):
+        (root / folder).mkdir(parents=True)
+    put("var/lib/dpkg/status", DPKG_STATUS)
     put("etc/fstab", FSTAB)
+    put("etc/passwd", PASSWD)
+    put("etc/shadow", SHADOW, 0o640)
+    put("etc/dhcpcd.conf", DHCPCD_CONF)
     put("etc/hostname", "raspberrypi\n")
     put("etc/ld.so.preload", LD_SO_PRELOAD)
     put("usr/lib/os-release", OS_RELEASE)

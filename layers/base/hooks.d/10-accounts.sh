@@ -1,6 +1,6 @@
 #!/bin/sh
-# Create the admin account (SSH keys only) and lock every password the base
-# image carries, so no account has a default password.
+# Create the admin account: SSH keys only, no password (pibake locks every
+# password hash in /etc/shadow after the layers have run).
 set -eu
 user="$PIBAKE_ADMIN_USER"
 shell="$BASE_ADMIN_SHELL"
@@ -11,9 +11,4 @@ fi
 for g in sudo adm systemd-journal; do
     if getent group "$g" >/dev/null; then usermod -aG "$g" "$user"; fi
 done
-# '*' or '!' prefixed hashes are already locked; lock everything else.
-awk -F: '$2 !~ /^[!*]/ { print $1 }' /etc/shadow | while read -r account; do
-    usermod -L "$account"
-done
-passwd -l root >/dev/null
 install -d -m 0700 -o "$user" -g "$user" "/home/$user/.ssh"

@@ -98,6 +98,38 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
 
 
 @cli.command()
+@click.argument("host")
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Image to boot (default: <project>/output/HOST.img).")
+@click.option("--machine", type=click.Choice(["virt", "raspi3b"]), default="virt",
+              show_default=True, help="virt: generic ARM board, fast; raspi3b: Pi 3 model.")
+@click.option("--timeout", type=float, default=600, show_default=True,
+              help="Seconds to wait for the first-boot runner's 'done'.")
+@click.option("--keep", is_flag=True, help="Leave the VM running and print an ssh command.")
+@click.option("--ssh-port", type=int, default=None, help="Local port forwarded to the VM's 22.")
+@click.option("--lan", "lan_port", type=int, default=None,
+              help="Join a virtual LAN shared with other VMs (multicast on 127.0.0.1:PORT).")
+@click.pass_context
+def boot(ctx: click.Context, host: str, image: Path | None, machine: str, timeout: float,
+         keep: bool, ssh_port: int | None, lan_port: int | None) -> None:
+    """Boot HOST's image under QEMU (copy-on-write; the image is never changed)
+    and wait until its first-boot steps report done."""
+    from builder.boot import boot_image
+    from builder.qemu import LanSpec, Machine
+
+    inv = _inventory(ctx)
+    node = inv.node(inv.profile(host).host)
+    result = boot_image(
+        image or _project(ctx) / "output" / f"{host}.img", host=host, machine=Machine(machine),
+        timeout=timeout, keep=keep, ssh_port=ssh_port,
+        lan=LanSpec(lan_port) if lan_port else None, mac=node.mac,
+        ssh_user=inv.cluster.admin.user)
+    click.echo(f"{host}: first boot done in {result.seconds:.1f}s")
+    if keep and result.ssh_command:
+        click.echo(f"{host}: running (pid {result.pid}); ssh: {result.ssh_command}")
+
+
+@cli.command()
 @click.pass_context
 def bases(ctx: click.Context) -> None:
     """List the bases profiles can start from."""

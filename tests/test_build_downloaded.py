@@ -136,6 +136,6 @@ def test_download_404_one_line(server: tuple[str, Path], tmp_path: Path) -> None
     proj = project(tmp_path, f"{url}/missing.zip", "1" * 64)
     done = build(proj, tmp_path / "cache")
     assert done.returncode == 4
-    assert done.stderr.splitlines()[-1] + "\n" == (f"pibake: error: base 'fixture-stretch': download failed: HTTP 404 "
-                           f"for {url}/missing.zip; check the url in the base catalog or "
-                           "cluster.yaml\n")
+    assert done.stderr.splitlines()[-1] == (
+        f"pibake: error: base 'fixture-stretch': download failed: HTTP 404 for {url}/missing.zip;"
+        " check the url in the base catalog or cluster.yaml")

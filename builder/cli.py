@@ -7,6 +7,7 @@ child process and exits 130.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -138,7 +139,12 @@ def bases(ctx: click.Context) -> None:
         click.echo(f"{base.name:32} {base.kind:9} {base.suite:9} {base.description}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # same clean-up as Ctrl-C: children killed, temporaries removed
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
     except PibakeError as exc:

@@ -33,22 +33,13 @@ from builder.assemble import (
     make_ext4,
     make_vfat,
     partuuid,
-    write_ext4,
-    write_vfat,
 )
 from builder.bases import Base, BaseKind
 from builder.config import Inventory
 from builder.errors import BuildError
 from builder.hostlayer import RoleFacts, disk_id, host_delta
 from builder.layers import Layer
-from builder.outputs import (
-    Compression,
-    compress,
-    image_mode,
-    write_bmap,
-    write_manifest,
-    write_sha256,
-)
+from builder.outputs import Compression, compress, image_mode, write_checksums, write_manifest
 from builder.render import render_host
 from builder.run import run, which
 
@@ -340,10 +331,6 @@ def git_revision(root: Path) -> str:
     return rev + ("-dirty" if dirty else "")
 
 
-def _sparse_copy(src: Path, dest: Path) -> None:
-    run([which("cp", "coreutils"), "--sparse=always", "--reflink=auto", src, dest], what="cp")
-
-
 def build_image(inv: Inventory, host: str, out_dir: Path,
                 compression: Compression = Compression.none) -> BuildResult:
     start = time.monotonic()
@@ -362,17 +349,12 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
     with log.step(f"host image {host}"), tempfile.TemporaryDirectory(
             dir=out_dir, prefix=f".{host}.tmp-{os.getpid()}-") as s:
         stage = Path(s)
-        root_img, boot_img = stage / "root.ext4", stage / "boot.vfat"
-        _sparse_copy(role.root, root_img)
-        _sparse_copy(role.boot, boot_img)
-        write_ext4(root_img, delta.root)
-        write_vfat(boot_img, delta.boot)
         image = stage / f"{host}.img"
-        assemble_disk(image, boot=boot_img, root=root_img, disk_id=disk, mode=mode)
-        root_img.unlink()
-        boot_img.unlink()
-        sha = write_sha256(image)
-        write_bmap(image)
+        # The cached partition images are copied once, straight into the
+        # disk, and the host's files are written into the copies there.
+        assemble_disk(image, boot=role.boot, root=role.root, disk_id=disk, mode=mode,
+                      boot_entries=delta.boot, root_entries=delta.root)
+        sha, _ = write_checksums(image)
         if compression is not Compression.none:
             compress(image, compression, mode=mode)
         files = [{"path": e.path, "sha256": _sha(e.data), "source": "host"}

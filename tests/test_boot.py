@@ -4,7 +4,6 @@ reading the boot partition; boot tests (marker ``boot``) run a real image."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -375,61 +374,3 @@ def test_vm_leaves_no_qemu_behind_when_the_guest_ignores_powerdown(tmp_path: Pat
     assert vm.exited() is not None
     assert not Path(f"/proc/{pid}").exists()
     shutil.rmtree(sock_dir)
-
-
-# -- booting a real image (built by `pibake build`) ----------------------------
-
-BOOT_IMAGE = os.environ.get("PIBAKE_BOOT_TEST_IMAGE", "output/compute-01.img")
-BOOT_KEY = os.environ.get("PIBAKE_BOOT_TEST_KEY")  # private key whose .pub the image trusts
-BOOT_USER = os.environ.get("PIBAKE_BOOT_TEST_USER", "admin")
-BOOT_HOST = Path(BOOT_IMAGE).stem
-
-needs_image = pytest.mark.skipif(
-    not (Path(BOOT_IMAGE).is_file() and BOOT_KEY),
-    reason=f"needs {BOOT_IMAGE} and PIBAKE_BOOT_TEST_KEY (build it with pibake build)",
-)
-
-# Units that cannot work under QEMU -M virt, each with why.
-ALLOWED_FAILED_UNITS: set[str] = {
-    # no Wi-Fi/Bluetooth hardware or Pi firmware on the virt board
-    "hciuart.service",
-    "bluetooth.service",
-    "wpa_supplicant.service",
-}
-
-
-def ssh(port: int, command: str) -> str:
-    assert BOOT_KEY is not None
-    argv = boot.ssh_argv(port, BOOT_USER, Path(BOOT_KEY), command)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout.strip()
-
-
-@pytest.mark.boot
-@needs_image
-def test_boot_image_runs_first_boot_once(tmp_path: Path) -> None:
-    image = Path(BOOT_IMAGE)
-    before = sha256_file(image)
-    overlay = tmp_path / "overlay.qcow2"
-    first = boot_image(image, host=BOOT_HOST, overlay=overlay, keep=True, timeout=600)
-    try:
-        assert first.progress[-1] == "done"
-        assert "05-grow-root ok" in first.progress
-        port = first.ssh_port
-        assert ssh(port, "hostname") == BOOT_HOST
-        root_bytes = int(ssh(port, "df -B1 --output=size / | tail -n 1"))
-        assert root_bytes > image.stat().st_size  # grown into the bigger overlay
-        failed = set(ssh(port, "systemctl --failed --plain --no-legend | cut -d' ' -f1").split())
-        assert failed <= ALLOWED_FAILED_UNITS
-        state = ssh(port, "systemctl is-system-running")
-        assert state == "running" or (state == "degraded" and failed)
-        ssh(port, "sudo poweroff || poweroff")
-    finally:
-        if first.pid is not None:
-            deadline = time.monotonic() + 60
-            while Path(f"/proc/{first.pid}").exists() and time.monotonic() < deadline:
-                time.sleep(1)
-            if Path(f"/proc/{first.pid}").exists():
-                os.kill(first.pid, 9)
-    second = boot_image(image, host=BOOT_HOST, overlay=overlay, timeout=600)
-    assert second.progress == ["done"]  # nothing ran again
-    assert sha256_file(image) == before

@@ -1,0 +1,113 @@
+"""Boot tier: build the mini project's node, boot the exact image bytes under
+QEMU and check the first-boot runner from the outside (console) and the inside
+(SSH with a key the test generates)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.boot import boot_image, ssh_argv
+from builder.cache import sha256_file
+from builder.errors import BootError
+from tests.conftest import make_mini_project, write
+
+pytestmark = pytest.mark.boot
+
+# Units allowed to fail under QEMU -M virt, each with why. Empty: on the
+# Debian base nothing needs the Pi's hardware to start.
+ALLOWED_FAILED_UNITS: set[str] = set()
+
+FLAKY_STEP = """\
+#!/bin/sh
+# Fails while the kernel command line carries pibake.test_fail (the "cause").
+if grep -q pibake.test_fail /proc/cmdline; then
+    echo "test_fail is set" >&2
+    exit 1
+fi
+"""
+COUNT_STEP = "#!/bin/sh\nmkdir -p /var/lib/pibake-test\necho ran >> /var/lib/pibake-test/count\n"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("boot")
+    key = root / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    project = make_mini_project(root / "proj")
+    cluster = project / "profiles/cluster.yaml"
+    pub = key.with_suffix(".pub").read_text().strip()
+    cluster.write_text(cluster.read_text().replace("ssh_authorized_keys: []",
+                                                   f"ssh_authorized_keys: ['{pub}']"))
+    write(project / "layers/web/firstboot.d/30-count.sh", COUNT_STEP, 0o755)
+    write(project / "layers/web/firstboot.d/40-flaky.sh", FLAKY_STEP, 0o755)
+    done = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), "build",
+                           "node-01"], capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr
+    return project / "output/node-01.img", key
+
+
+def ssh(port: int, key: Path, command: str) -> str:
+    proc = subprocess.run(ssh_argv(port, "admin", key, command), capture_output=True, text=True,
+                          timeout=120)
+    return proc.stdout.strip()
+
+
+def stop(pid: int | None, port: int, key: Path) -> None:
+    if pid is None:
+        return
+    ssh(port, key, "sudo systemctl poweroff")
+    deadline = time.monotonic() + 90
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, 9)
+
+
+def test_failed_step_then_retry_then_idempotent(image: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    img, key = image
+    before = sha256_file(img)
+    overlay = tmp_path / "overlay.qcow2"
+
+    # 1: the step fails while its cause is present; boot names it.
+    failed: BootError | None = None
+    try:
+        boot_image(img, host="node-01", overlay=overlay, timeout=900,
+                   extra_cmdline=("pibake.test_fail=1",))
+    except BootError as exc:
+        failed = exc
+    assert failed is not None, "the boot passed although 40-flaky.sh failed"
+    assert "40-flaky" in str(failed).splitlines()[0]
+
+    # 2: cause removed: the failed step runs, the ones before it do not.
+    second = boot_image(img, host="node-01", overlay=overlay, timeout=900, keep=True)
+    try:
+        assert second.progress[-1] == "done"
+        assert "40-flaky.sh ok" in second.progress or "40-flaky ok" in second.progress
+        assert not any(p.startswith(("05-", "10-", "30-")) for p in second.progress)
+        port = second.ssh_port
+        assert ssh(port, key, "hostname") == "node-01"
+        assert ssh(port, key, "cat /var/lib/pibake-test/count") == "ran"
+        root_bytes = int(ssh(port, key, "df -B1 --output=size / | tail -n 1"))
+        assert root_bytes > img.stat().st_size          # grown into the larger overlay
+        failed_units = set(ssh(port, key, "systemctl --failed --plain --no-legend "
+                                          "| cut -d' ' -f1").split())
+        assert failed_units <= ALLOWED_FAILED_UNITS, failed_units
+        assert ssh(port, key, "systemctl is-system-running") == "running"
+        assert ssh(port, key, "cat /etc/machine-id") not in ("", "uninitialized")
+        assert ssh(port, key, "ls /etc/ssh/ssh_host_ed25519_key.pub")
+        assert ssh(port, key, "cat /boot/firmware/pibake-firstboot.txt").endswith("result: done")
+    finally:
+        stop(second.pid, second.ssh_port, key)
+
+    # 3: every step is stamped: nothing runs again.
+    third = boot_image(img, host="node-01", overlay=overlay, timeout=900)
+    assert third.progress == ["done"]
+    assert sha256_file(img) == before                   # the flashed bytes were never touched
+    print(f"boot-times: first-done {second.seconds:.1f}s, again {third.seconds:.1f}s")

@@ -101,7 +101,7 @@ def base_artifact(inv: Inventory, host: str) -> BaseArtifact:
     base = profile.base
     arch = base.arch_for(node.model)
     if base.kind is BaseKind.bootstrap:
-        return _bootstrap_base(base, str(node.model), arch, inv.cluster.mirror)
+        return bootstrap_base(base, str(node.model), arch, inv.cluster.mirror)
     return _image_base(base, arch)
 
 
@@ -113,7 +113,7 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
     return data
 
 
-def _bootstrap_base(base: Base, model: str, arch: str, mirror: str | None) -> BaseArtifact:
+def bootstrap_base(base: Base, model: str, arch: str, mirror: str | None) -> BaseArtifact:
     from builder.bootstrap import bootstrap_rootfs, spec_for, spec_key
 
     spec = spec_for(model, base.suite, (), mirror)

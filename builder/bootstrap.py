@@ -1,0 +1,351 @@
+"""The embedded default base: Debian bootstrapped with mmdebstrap, per Pi family.
+
+The archive is the host's apt configuration (its deb822 or one-line sources,
+re-pointed at the wanted suite) unless the spec names a mirror. The initramfs is
+built once, at the end, from an explicit module list: under emulation every
+``update-initramfs`` run costs minutes, and a ``MODULES=most`` initrd is six
+times larger than one that carries what a Pi or QEMU ``-M virt`` needs to boot.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from builder import cache, log
+from builder.chroot import preflight_emulation
+from builder.errors import ConfigError, PreflightError
+from builder.run import run, which
+
+# Bump when the recipe below changes in a way that changes the result.
+RECIPE_VERSION = 1
+
+# Label the image assembler gives the root partition; raspi-firmware writes it
+# into cmdline.txt.
+ROOT_LABEL = "RASPIROOT"
+
+
+class PiFamily(NamedTuple):
+    arch: str
+    kernel: str
+
+
+# As Debian's own Raspberry Pi images do.
+PI_FAMILIES: Mapping[str, PiFamily] = {
+    "pi0": PiFamily("armel", "linux-image-rpi"),
+    "pi1": PiFamily("armel", "linux-image-rpi"),
+    "pi2": PiFamily("armhf", "linux-image-armmp"),
+    "pi3": PiFamily("arm64", "linux-image-arm64"),
+    "pi4": PiFamily("arm64", "linux-image-arm64"),
+}
+
+# What every base gets on top of minbase: enough to boot, be reached over SSH
+# and grow its root partition on first boot.
+BASE_PACKAGES: tuple[str, ...] = (
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "openssh-server",
+    "raspi-firmware",
+    "initramfs-tools",
+    "e2fsprogs",
+    "fdisk",
+    "dosfstools",
+    "iproute2",
+    "netbase",
+    "systemd-timesyncd",
+    "sudo",
+    "ca-certificates",
+)
+
+# raspi-firmware lives in non-free-firmware.
+COMPONENTS: tuple[str, ...] = ("main", "non-free-firmware")
+
+# Storage, file systems and network for the Pi boards and for QEMU -M virt.
+DEFAULT_MODULES: tuple[str, ...] = (
+    "virtio_blk",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_mmio",
+    "virtio_scsi",
+    "ext4",
+    "crc32c_generic",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_iso8859_1",
+    "mmc_block",
+    "sdhci_iproc",
+    "sdhci_pltfm",
+    "bcm2835",
+    "bcm2835_dma",
+    "dwc2",
+    "usb_storage",
+    "uas",
+    "sd_mod",
+    "smsc95xx",
+    "lan78xx",
+    "pcie_brcmstb",
+    "xhci_pci",
+    "reset_raspberrypi",
+)
+
+_CONSOLE = {"arm64": "ttyS1,115200", "armhf": "ttyAMA0,115200", "armel": "ttyAMA0,115200"}
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    suite: str
+    arch: str
+    kernel: str
+    packages: tuple[str, ...]
+    mirror: str | None = None
+    initramfs_modules: tuple[str, ...] = DEFAULT_MODULES
+
+
+def spec_for(
+    model: str,
+    suite: str = "bookworm",
+    packages: tuple[str, ...] = (),
+    mirror: str | None = None,
+) -> BootstrapSpec:
+    """The spec for a Pi model name (``pi0`` ... ``pi4``)."""
+    family = PI_FAMILIES.get(model)
+    if family is None:
+        known = ", ".join(sorted(PI_FAMILIES))
+        raise ConfigError(f"unknown Pi model '{model}' (known: {known})")
+    return BootstrapSpec(suite, family.arch, family.kernel, packages, mirror)
+
+
+def spec_key(spec: BootstrapSpec, apt_dir: Path = Path("/etc/apt")) -> str:
+    """Content key of the base this spec produces (recipe, spec, archive)."""
+    try:
+        sources = render_sources(spec, apt_dir)
+    except PreflightError:
+        sources = ""
+    return cache.key_of(
+        "bootstrap", RECIPE_VERSION, asdict(spec), BASE_PACKAGES, sources,
+        essential_hook(), customize_hook(spec),
+    )
+
+
+# --- the archive -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    uris: tuple[str, ...]
+    suites: tuple[str, ...]
+    signed_by: str | None
+
+
+def _host_codename(os_release: Path) -> str | None:
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VERSION_CODENAME=\"?([^\"\n]+)", text, re.M)
+    return m.group(1) if m else None
+
+
+def _deb822_stanzas(text: str) -> list[dict[str, str]]:
+    stanzas: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    last: str | None = None
+    for line in text.splitlines() + [""]:
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if fields:
+                stanzas.append(fields)
+            fields, last = {}, None
+        elif line[0].isspace() and last:
+            fields[last] += " " + line.strip()
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            last = name.strip().lower()
+            fields[last] = value.strip()
+    return stanzas
+
+
+def _host_sources(apt_dir: Path) -> list[_Source]:
+    found: list[_Source] = []
+    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
+        for st in _deb822_stanzas(path.read_text()):
+            if "deb" not in st.get("types", "").split() or st.get("enabled", "yes") == "no":
+                continue
+            found.append(_Source(tuple(st.get("uris", "").split()),
+                                 tuple(st.get("suites", "").split()), st.get("signed-by")))
+    lists = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            words = line.split("#", 1)[0].split()
+            if len(words) < 3 or words[0] != "deb":
+                continue
+            signed_by = None
+            if words[1].startswith("["):
+                opts: list[str] = []
+                while words and not words[1].endswith("]"):
+                    opts.append(words.pop(1))
+                opts.append(words.pop(1))
+                for opt in " ".join(opts).strip("[]").split():
+                    if opt.startswith("signed-by="):
+                        signed_by = opt.split("=", 1)[1]
+            found.append(_Source((words[1],), (words[2],), signed_by))
+    return found
+
+
+def render_sources(
+    spec: BootstrapSpec, apt_dir: Path = Path("/etc/apt"),
+    os_release: Path = Path("/etc/os-release"),
+) -> str:
+    """deb822 sources for the base: the spec's mirror, else the host's archive
+    with its suites (``bookworm``, ``-updates``, ``-security``) re-pointed at
+    ``spec.suite``."""
+    components = " ".join(COMPONENTS)
+    if spec.mirror:
+        return f"Types: deb\nURIs: {spec.mirror}\nSuites: {spec.suite}\nComponents: {components}\n"
+    host = _host_codename(os_release)
+    stanzas: list[str] = []
+    for src in _host_sources(apt_dir):
+        suites = []
+        for suite in src.suites:
+            base, sep, suffix = suite.partition("-")
+            if host is None or base != host:
+                continue  # a third-party or foreign-release entry
+            suites.append(spec.suite + sep + suffix)
+        if not suites or not src.uris:
+            continue
+        text = f"Types: deb\nURIs: {' '.join(src.uris)}\nSuites: {' '.join(suites)}\n"
+        text += f"Components: {components}\n"
+        if src.signed_by:
+            text += f"Signed-By: {src.signed_by}\n"
+        stanzas.append(text)
+    if not stanzas:
+        raise PreflightError(
+            f"no Debian archive for '{spec.suite}' in {apt_dir}/sources.list.d/*.sources or "
+            f"{apt_dir}/sources.list; configure apt on this host or set a mirror"
+        )
+    return "\n".join(stanzas)
+
+
+# --- the hooks ---------------------------------------------------------------
+
+# Run once at the end instead of once per package or trigger: each run costs
+# from 30 s (update-ca-certificates) to minutes (update-initramfs) emulated.
+_DEFERRED = ("/usr/sbin/update-initramfs", "/usr/sbin/update-ca-certificates")
+
+
+def essential_hook() -> str:
+    """Divert the slow generators to no-ops while packages install. Placeholder
+    SSH host keys keep openssh-server from generating keys under emulation that
+    are deleted anyway."""
+    lines = ["set -eu", 'root="$1"', 'mkdir -p "$root/etc/ssh" "$root/usr/sbin"',
+             'for t in rsa ecdsa ed25519; do : > "$root/etc/ssh/ssh_host_${t}_key"; done']
+    for path in _DEFERRED:
+        lines += [
+            f'chroot "$root" dpkg-divert --quiet --local --rename --divert {path}.pibake '
+            f"--add {path}",
+            f"printf '#!/bin/sh\\nexit 0\\n' > \"$root{path}\"",
+            f'chmod 755 "$root{path}"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def customize_hook(spec: BootstrapSpec) -> str:
+    """Configure initramfs and raspi-firmware, build the initrd once, reset identity."""
+    modules = "\n".join(spec.initramfs_modules)
+    consoles = f"tty0 {_CONSOLE.get(spec.arch, 'ttyAMA0,115200')}"
+    undivert = "".join(
+        f'rm -f "$root{path}"\n'
+        f'chroot "$root" dpkg-divert --quiet --local --rename --remove {path}\n'
+        for path in _DEFERRED
+    )
+    return f"""set -eu
+root="$1"
+{undivert}chroot "$root" update-ca-certificates >/dev/null
+printf 'MODULES=list\\n' > "$root/etc/initramfs-tools/conf.d/pibake.conf"
+cat >> "$root/etc/initramfs-tools/modules" <<'EOF'
+# added by pibake: storage, file systems and network for Pi boards and QEMU -M virt
+{modules}
+EOF
+cat > "$root/etc/default/raspi-firmware" <<'EOF'
+# managed by pibake
+ROOTPART="LABEL={ROOT_LABEL}"
+CONSOLES="{consoles}"
+EOF
+mkdir -p "$root/boot/firmware"
+chroot "$root" update-initramfs -c -k all
+rm -f "$root"/etc/ssh/ssh_host_*
+printf 'uninitialized\\n' > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+printf 'localhost\\n' > "$root/etc/hostname"
+rm -f "$root/etc/resolv.conf"
+chroot "$root" passwd --lock root >/dev/null
+rm -rf "$root"/var/log/apt/* "$root/var/log/dpkg.log" "$root/var/log/alternatives.log"
+rm -f "$root"/var/cache/apt/*.bin "$root"/var/cache/debconf/*-old
+rm -f "$root/var/cache/ldconfig/aux-cache"
+"""
+
+
+# --- the build ---------------------------------------------------------------
+
+
+def mmdebstrap_argv(
+    spec: BootstrapSpec, sources: Path, hooks: Path, out: Path, apt_cache: Path | None,
+) -> list[str]:
+    packages = [*BASE_PACKAGES, spec.kernel, *spec.packages]
+    argv = [
+        "mmdebstrap",
+        "--variant=minbase",
+        f"--architectures={spec.arch}",
+        "--format=tar",
+        f"--include={','.join(packages)}",
+        "--aptopt=Acquire::Languages \"none\"",
+        "--aptopt=Acquire::Retries \"3\"",
+        "--dpkgopt=force-confold",
+        # Its machine-id reset writes an empty file; customize.sh writes
+        # "uninitialized" and does the rest of that cleanup itself.
+        "--skip=cleanup/reproducible",
+        "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
+        f"--essential-hook=sh {shlex.quote(str(hooks / 'essential.sh'))} \"$1\"",
+    ]
+    if apt_cache is not None:
+        q = shlex.quote(str(apt_cache))
+        argv += [
+            "--skip=essential/unlink",
+            '--setup-hook=mkdir -p "$1/var/cache/apt/archives"',
+            f"--setup-hook=sync-in {q} /var/cache/apt/archives/",
+        ]
+    argv.append(f"--customize-hook=sh {shlex.quote(str(hooks / 'customize.sh'))} \"$1\"")
+    if apt_cache is not None:
+        # After customize.sh so that nothing it does can add to the shared cache.
+        argv.append(f"--customize-hook=sync-out /var/cache/apt/archives {q}")
+    argv += [spec.suite, str(out), str(sources)]
+    return argv
+
+
+def bootstrap_rootfs(spec: BootstrapSpec, out_tar: Path, apt_cache: Path | None) -> None:
+    """Bootstrap ``spec`` and write its root file system as a tar, atomically."""
+    preflight_emulation(spec.arch)
+    which("mmdebstrap", "mmdebstrap")
+    sources_text = render_sources(spec)
+    if apt_cache is not None:
+        apt_cache.mkdir(parents=True, exist_ok=True)
+    with log.step(f"bootstrap {spec.suite}/{spec.arch} with {spec.kernel}"), \
+            tempfile.TemporaryDirectory(prefix="pibake-bootstrap-") as tmp:
+        hooks = Path(tmp)
+        (hooks / "essential.sh").write_text(essential_hook())
+        (hooks / "customize.sh").write_text(customize_hook(spec))
+        sources = hooks / "pibake.sources"
+        sources.write_text(sources_text)
+        with cache.atomic_file(out_tar) as tmp_tar:
+            argv = mmdebstrap_argv(spec, sources, hooks, tmp_tar, apt_cache)
+            run(argv, what=f"mmdebstrap {spec.suite}/{spec.arch}")

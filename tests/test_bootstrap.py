@@ -1,0 +1,283 @@
+"""The embedded default base: spec keys, the archive, the recipe, and one real build."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from _bootstrap_fixtures import arm64_base_tar  # noqa: F401
+
+from builder.bootstrap import (
+    BASE_PACKAGES,
+    DEFAULT_MODULES,
+    PI_FAMILIES,
+    BootstrapSpec,
+    customize_hook,
+    essential_hook,
+    mmdebstrap_argv,
+    render_sources,
+    spec_for,
+    spec_key,
+)
+from builder.errors import ConfigError, PreflightError
+
+SPEC = BootstrapSpec("bookworm", "arm64", "linux-image-arm64", ("vim-tiny",))
+
+DEB822 = """Types: deb
+# a comment the key must not depend on
+URIs: http://archive.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://archive.example/debian
+Suites: bookworm
+Components: main
+
+Types: deb
+URIs: http://security.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def apt_dir(tmp_path: Path, deb822: str = DEB822, one_line: str = "") -> Path:
+    d = tmp_path / "apt"
+    (d / "sources.list.d").mkdir(parents=True)
+    if deb822:
+        (d / "sources.list.d/debian.sources").write_text(deb822)
+    if one_line:
+        (d / "sources.list").write_text(one_line)
+    return d
+
+
+def os_release(tmp_path: Path, codename: str = "bookworm") -> Path:
+    p = tmp_path / "os-release"
+    p.write_text(f'PRETTY_NAME="Debian"\nVERSION_CODENAME={codename}\nID=debian\n')
+    return p
+
+
+# --- families and keys -----------------------------------------------------------
+
+
+def test_pi_families_follow_debians_raspi_images() -> None:
+    assert {m: tuple(f) for m, f in PI_FAMILIES.items()} == {
+        "pi0": ("armel", "linux-image-rpi"),
+        "pi1": ("armel", "linux-image-rpi"),
+        "pi2": ("armhf", "linux-image-armmp"),
+        "pi3": ("arm64", "linux-image-arm64"),
+        "pi4": ("arm64", "linux-image-arm64"),
+    }
+    assert spec_for("pi3") == BootstrapSpec("bookworm", "arm64", "linux-image-arm64", ())
+
+
+def test_spec_for_unknown_model() -> None:
+    with pytest.raises(ConfigError) as err:
+        spec_for("pi5")
+    assert str(err.value) == "unknown Pi model 'pi5' (known: pi0, pi1, pi2, pi3, pi4)"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"packages": ("vim-tiny", "htop")},
+        {"packages": ()},
+        {"mirror": "http://mirror.invalid/debian"},
+        {"initramfs_modules": DEFAULT_MODULES[:-1]},
+        {"suite": "trixie"},
+        {"arch": "armhf"},
+        {"kernel": "linux-image-rt-arm64"},
+    ],
+)
+def test_spec_key_changes_with_every_field(change: dict[str, object]) -> None:
+    assert spec_key(dataclasses.replace(SPEC, **change)) != spec_key(SPEC)  # type: ignore[arg-type]
+
+
+def test_spec_key_is_stable() -> None:
+    assert spec_key(SPEC) == spec_key(BootstrapSpec(*dataclasses.astuple(SPEC)))
+    assert len(spec_key(SPEC)) == 64
+
+
+def test_spec_key_follows_the_host_archive(tmp_path: Path) -> None:
+    other = DEB822.replace("archive.example", "other.example")
+    assert spec_key(SPEC, apt_dir(tmp_path)) != spec_key(SPEC, apt_dir(tmp_path / "b", other))
+
+
+# --- the archive -------------------------------------------------------------------
+
+
+def test_sources_from_host_deb822(tmp_path: Path) -> None:
+    text = render_sources(SPEC, apt_dir(tmp_path), os_release(tmp_path))
+    assert text == (
+        "Types: deb\nURIs: http://archive.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main non-free-firmware\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        "\n"
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main non-free-firmware\n"
+    )
+
+
+def test_sources_repointed_at_another_suite(tmp_path: Path) -> None:
+    spec = dataclasses.replace(SPEC, suite="trixie")
+    text = render_sources(spec, apt_dir(tmp_path), os_release(tmp_path))
+    assert "Suites: trixie trixie-updates\n" in text
+    assert "Suites: trixie-security\n" in text
+    assert "bookworm" not in text
+
+
+def test_sources_from_one_line_list_skip_third_party(tmp_path: Path) -> None:
+    one_line = (
+        "# old style\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://archive.example/debian bookworm main\n"
+        "deb-src http://archive.example/debian bookworm main\n"
+        "deb http://vendor.example/apt stable main\n"
+    )
+    text = render_sources(SPEC, apt_dir(tmp_path, "", one_line), os_release(tmp_path))
+    assert text == (
+        "Types: deb\nURIs: http://archive.example/debian\nSuites: bookworm\n"
+        "Components: main non-free-firmware\nSigned-By: /k.gpg\n"
+    )
+
+
+def test_sources_mirror_wins(tmp_path: Path) -> None:
+    spec = dataclasses.replace(SPEC, mirror="http://127.0.0.1:3142/debian")
+    assert render_sources(spec, apt_dir(tmp_path), os_release(tmp_path)) == (
+        "Types: deb\nURIs: http://127.0.0.1:3142/debian\nSuites: bookworm\n"
+        "Components: main non-free-firmware\n"
+    )
+
+
+def test_no_host_sources(tmp_path: Path) -> None:
+    d = apt_dir(tmp_path, "")
+    with pytest.raises(PreflightError) as err:
+        render_sources(SPEC, d, os_release(tmp_path))
+    assert str(err.value) == (
+        f"no Debian archive for 'bookworm' in {d}/sources.list.d/*.sources or "
+        f"{d}/sources.list; configure apt on this host or set a mirror"
+    )
+
+
+def test_no_archive_host_name_in_code() -> None:
+    source = (Path(__file__).parents[1] / "builder/bootstrap.py").read_text()
+    assert "debian.org" not in source
+
+
+# --- the recipe ----------------------------------------------------------------------
+
+
+def test_argv_reuses_debs_through_the_apt_cache(tmp_path: Path) -> None:
+    argv = mmdebstrap_argv(
+        SPEC, Path("/s.sources"), Path("/hooks"), Path("/o.tar"), Path("/cache dir")
+    )
+    assert argv[-3:] == ["bookworm", "/o.tar", "/s.sources"]
+    assert "--skip=essential/unlink" in argv
+    assert "--setup-hook=sync-in '/cache dir' /var/cache/apt/archives/" in argv
+    sync_out = argv.index("--customize-hook=sync-out /var/cache/apt/archives '/cache dir'")
+    assert sync_out > argv.index('--customize-hook=sh /hooks/customize.sh "$1"')
+    include = next(a for a in argv if a.startswith("--include="))
+    assert include.split("=", 1)[1].split(",") == [*BASE_PACKAGES, "linux-image-arm64", "vim-tiny"]
+    assert "--format=tar" in argv and "--architectures=arm64" in argv
+
+
+def test_argv_without_cache_has_no_sync(tmp_path: Path) -> None:
+    argv = mmdebstrap_argv(SPEC, Path("/s"), Path("/h"), Path("/o"), None)
+    assert not [a for a in argv if "sync-" in a or "essential/unlink" in a]
+
+
+def test_customize_hook_builds_the_initrd_once_from_the_module_list() -> None:
+    spec = dataclasses.replace(SPEC, initramfs_modules=("virtio_blk", "ext4"))
+    hook = customize_hook(spec)
+    assert hook.count("update-initramfs -c -k all") == 1
+    assert "MODULES=list" in hook
+    assert "\nvirtio_blk\next4\nEOF\n" in hook
+    assert 'CONSOLES="tty0 ttyS1,115200"' in hook
+    armhf = customize_hook(dataclasses.replace(spec, arch="armhf"))
+    assert 'CONSOLES="tty0 ttyAMA0,115200"' in armhf
+
+
+def test_slow_generators_are_deferred_to_one_run() -> None:
+    ess, cust = essential_hook(), customize_hook(SPEC)
+    for tool in ("/usr/sbin/update-initramfs", "/usr/sbin/update-ca-certificates"):
+        assert f"--divert {tool}.pibake --add {tool}" in ess
+        assert f"dpkg-divert --quiet --local --rename --remove {tool}" in cust
+    # The real tools run after their diversions are gone.
+    assert cust.index("--remove /usr/sbin/update-initramfs") < cust.index("update-initramfs -c")
+    assert cust.index("--remove /usr/sbin/update-ca-certificates") < cust.index(
+        "chroot \"$root\" update-ca-certificates")
+    assert 'for t in rsa ecdsa ed25519; do : > "$root/etc/ssh/ssh_host_${t}_key"; done' in ess
+
+
+def test_customize_hook_resets_identity() -> None:
+    hook = customize_hook(SPEC)
+    assert 'rm -f "$root"/etc/ssh/ssh_host_*' in hook
+    assert "printf 'uninitialized\\n' > \"$root/etc/machine-id\"" in hook
+
+
+def test_default_modules_boot_qemu_virt() -> None:
+    assert {"virtio_blk", "virtio_pci", "virtio_net", "virtio_mmio", "ext4", "vfat"} <= set(
+        DEFAULT_MODULES
+    )
+
+
+# --- one real build ----------------------------------------------------------------
+
+
+def _member(tar: tarfile.TarFile, name: str) -> bytes:
+    f = tar.extractfile(name)
+    assert f is not None, name
+    return f.read()
+
+
+@pytest.mark.integration
+def test_real_arm64_base(arm64_base_tar: Path, tmp_path: Path) -> None:  # noqa: F811
+    with tarfile.open(arm64_base_tar) as tar:
+        names = {n.removeprefix("./").rstrip("/") for n in tar.getnames()}
+        byname = {m.name.removeprefix("./").rstrip("/"): m for m in tar.getmembers()}
+        kernels = sorted(n for n in names if n.startswith("boot/firmware/vmlinuz-"))
+        initrds = sorted(n for n in names if n.startswith("boot/firmware/initrd.img-"))
+        assert kernels and initrds, sorted(n for n in names if n.startswith("boot/"))
+        initrd = _member(tar, "./" + initrds[-1])
+        config = _member(tar, "./boot/firmware/config.txt").decode()
+        cmdline = _member(tar, "./boot/firmware/cmdline.txt").decode()
+        machine_id = _member(tar, "./etc/machine-id")
+        shadow = _member(tar, "./etc/shadow").decode()
+    assert len(initrd) < 15 * 1024 * 1024
+    assert "arm_64bit=1" in config
+    assert "root=LABEL=RASPIROOT" in cmdline
+    assert {
+        "boot/firmware/start4.elf",
+        "boot/firmware/fixup4.dat",
+        "boot/firmware/bcm2837-rpi-3-b.dtb",
+        "boot/firmware/bcm2711-rpi-4-b.dtb",
+    } <= names
+    assert machine_id == b"uninitialized\n"
+    assert not [n for n in names if n.startswith("etc/ssh/ssh_host_")]
+    assert [n for n in names if n.startswith("var/lib/apt/lists/")] in (
+        [],
+        ["var/lib/apt/lists/partial"],
+        ["var/lib/apt/lists/partial", "var/lib/apt/lists/lock"],
+        ["var/lib/apt/lists/lock", "var/lib/apt/lists/partial"],
+    )
+    assert not [n for n in names if n.startswith("var/log/apt/") and byname[n].isfile()]
+    assert "var/log/dpkg.log" not in names
+    assert not [n for n in names if n.endswith(".deb")]
+    root_hash = next(line for line in shadow.splitlines() if line.startswith("root:"))
+    assert root_hash.split(":")[1].startswith(("!", "*"))
+    # The deferred generators are back and did their one run.
+    for tool in ("usr/sbin/update-initramfs", "usr/sbin/update-ca-certificates"):
+        assert byname[tool].size > 100, tool
+    assert "etc/ssl/certs/ca-certificates.crt" in names
+    assert len([n for n in names if n.startswith("etc/ssl/certs/")]) > 100
+    assert not [n for n in names if n.endswith(".pibake")]
+    # The module list went into the initrd.
+    p = tmp_path / "initrd"
+    p.write_bytes(initrd)
+    listing = subprocess.run(["lsinitramfs", str(p)], capture_output=True, check=True)
+    files = listing.stdout.decode()
+    assert "virtio_blk.ko" in files
+    assert "ext4.ko" in files

@@ -63,12 +63,21 @@ def run(
     finally:
         _children.discard(proc)
     if proc.returncode != 0:
-        tail = " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+        tail = " | ".join(_telling_lines(err.decode(errors="replace")))
         label = what or Path(args[0]).name
         if "No space left on device" in tail:
             raise BuildError(f"{label}: no space left on device; free some space and build again")
         raise BuildError(f"{label} failed (exit {proc.returncode}): {tail or 'no output'}")
     return subprocess.CompletedProcess(args, proc.returncode, out or b"", err or b"")
+
+
+def _telling_lines(stderr: str, keep: int = 3) -> list[str]:
+    """The lines that say what went wrong: apt's and dpkg's ``E:``/``error`` lines
+    when there are any (mmdebstrap ends with generic clean-up lines), else the
+    last lines."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith(("E:", "dpkg: error", "error:", "Error:"))]
+    return (errors or lines)[-keep:]
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from builder.bootstrap import PI_FAMILIES
+
 
 class Model(StrEnum):
     pi0 = "pi0"
@@ -25,15 +27,6 @@ class BaseKind(StrEnum):
     bootstrap = "bootstrap"
     image = "image"
 
-
-# Per Pi family, as Debian's own Raspberry Pi images do it.
-DEBIAN_FAMILIES: dict[Model, tuple[str, str]] = {
-    Model.pi0: ("armel", "linux-image-rpi"),
-    Model.pi1: ("armel", "linux-image-rpi"),
-    Model.pi2: ("armhf", "linux-image-armmp"),
-    Model.pi3: ("arm64", "linux-image-arm64"),
-    Model.pi4: ("arm64", "linux-image-arm64"),
-}
 
 # Which models can run which userland architecture.
 ARCH_MODELS: dict[str, frozenset[Model]] = {
@@ -62,7 +55,7 @@ class Base:
 
     def arch_for(self, model: Model) -> str:
         if self.kind is BaseKind.bootstrap:
-            return DEBIAN_FAMILIES[model][0]
+            return PI_FAMILIES[str(model)].arch
         assert self.arch is not None
         return self.arch
 

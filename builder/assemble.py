@@ -10,6 +10,7 @@ on plain files, so a warm per-host build costs seconds, not minutes.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -683,6 +684,9 @@ def assemble_disk(
             _copy_sparse(boot, fd, layout.boot_start)
             _copy_sparse(root, fd, layout.root_start)
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise BuildError(f"{out}: no space left on device; free some space and build "
+                                 "again") from None
             raise BuildError(f"{out}: writing the disk image failed: {exc.strerror}") from None
         finally:
             os.close(fd)

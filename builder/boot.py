@@ -26,9 +26,13 @@ Machines:
   device tree from the boot partition, console on the mini-UART (ttyS1), USB
   networking. Closer to hardware (Pi device tree and drivers), still no
   firmware/config.txt; slower, a single TCG thread.
-Not yet implemented: images whose kernel only runs on Pi hardware (Raspbian's
-kernel7.img, Debian's rpi flavour for Pi 1) booted on ``virt`` with a Debian
-generic kernel whose modules go into the overlay; they raise BootError.
+Images whose kernel only runs on Pi hardware (Raspbian's kernel*.img, Debian's
+``rpi`` flavour for Pi 1/Zero) boot on ``virt`` with a Debian generic kernel
+that runs their user space (builder.kernels: armmp for 32-bit, arm64 for
+64-bit, picked from the ELF header of the image's /usr/bin/dpkg). Its initrd
+is the kit's; its modules are written into the overlay's /lib/modules (never
+into the image) before QEMU starts. Exercises the image's user space, fstab,
+units and first-boot steps; not its own kernel, initrd or Pi drivers.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class BootFiles:
     dtb: Path | None
     cmdline: str
     arch: Arch
+    # a generic kernel's modules (tar of <version>/...) for the overlay's /lib/modules
+    modules: Path | None = None
 
 
 @dataclass
@@ -154,27 +160,43 @@ def _version_key(name: str) -> list[object]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def pick_kernel(image: Path, names: list[str]) -> tuple[str, str | None, Arch]:
-    """The newest ``vmlinuz-VERSION`` on the boot partition, its initrd and arch."""
+def pick_kernel(image: Path, names: list[str]) -> tuple[str, str | None, Arch] | None:
+    """The newest generic ``vmlinuz-VERSION`` on the boot partition, its initrd
+    and arch; None when the partition has only kernels that need Pi hardware."""
     kernels = sorted((n for n in names if n.startswith("vmlinuz-")), key=_version_key)
-    if not kernels:
-        raise BootError(
-            f"{image}: no vmlinuz-* on the boot partition; booting Pi-only kernels "
-            "(Raspbian, Debian rpi flavour) on -M virt is not implemented yet"
-        )
-    kernel = kernels[-1]
+    generic = [k for k in kernels if k.endswith("-arm64") or "armmp" in k]
+    if not generic:
+        if kernels or any(re.fullmatch(r"kernel\w*\.img", n) for n in names):
+            return None
+        raise BootError(f"{image}: no kernel on the boot partition (no vmlinuz-* or "
+                        "kernel*.img); is it a pibake output image?")
+    kernel = generic[-1]
     version = kernel.removeprefix("vmlinuz-")
-    if version.endswith("arm64"):
-        arch = Arch.arm64
-    elif "armmp" in version:
-        arch = Arch.arm
-    else:
-        raise BootError(
-            f"{image}: kernel {kernel} is not a generic arm64 or armmp kernel; "
-            "booting Pi-only kernels on -M virt is not implemented yet"
-        )
+    arch = Arch.arm64 if version.endswith("arm64") else Arch.arm
     initrd = f"initrd.img-{version}"
     return kernel, initrd if initrd in names else None, arch
+
+
+# ELF e_machine values
+_ELF_ARCH = {40: Arch.arm, 183: Arch.arm64}
+
+
+def userland_arch(image: Path, layout: DiskLayout, number: int = 2) -> Arch:
+    """The architecture of the image's user space, from its /usr/bin/dpkg."""
+    which("debugfs", "e2fsprogs")
+    part = next((p for p in layout.partitions if p.number == number), None)
+    if part is None:
+        raise BootError(f"{image}: no root partition {number}")
+    out = run(
+        ["debugfs", "-R", "cat /usr/bin/dpkg", f"{image}?offset={part.start}"],
+        capture=True,
+        what=f"debugfs {image}",
+    ).stdout
+    machine = int.from_bytes(out[18:20], "little") if out[:4] == b"\x7fELF" else None
+    if machine not in _ELF_ARCH:
+        raise BootError(f"{image}: cannot tell the user space's architecture from "
+                        f"/usr/bin/dpkg on partition {number}; is it a Debian-based ARM image?")
+    return _ELF_ARCH[machine]
 
 
 def virt_cmdline(image_cmdline: str, partuuid: str, console: str, extra: tuple[str, ...]) -> str:
@@ -193,10 +215,13 @@ def extract_boot_files(
     layout = disk_layout(image)
     part = boot_partition(image, layout)
     names = list_fat(image, part)
-    kernel, initrd, arch = pick_kernel(image, names)
     cmdline = ""
     if "cmdline.txt" in names:
         cmdline = copy_fat(image, part, "cmdline.txt", workdir / "cmdline.txt").read_text()
+    picked = pick_kernel(image, names)
+    if picked is None:
+        return generic_boot_files(image, layout, machine, names, cmdline, extra_cmdline)
+    kernel, initrd, arch = picked
     dtb = None
     console = "ttyAMA0"
     if machine is Machine.raspi3b:
@@ -213,6 +238,31 @@ def extract_boot_files(
         dtb=dtb,
         cmdline=virt_cmdline(cmdline, layout.root_partuuid(), console, extra_cmdline),
         arch=arch,
+    )
+
+
+def generic_boot_files(
+    image: Path, layout: DiskLayout, machine: Machine, names: list[str], cmdline: str,
+    extra_cmdline: tuple[str, ...],
+) -> BootFiles:
+    """Boot files for an image whose kernel needs Pi hardware: a generic kit."""
+    from builder.kernels import kernel_kit
+
+    pi_kernels = ", ".join(n for n in names if n.startswith(("vmlinuz-", "kernel")))
+    if machine is not Machine.virt:
+        raise BootError(f"{image}: --machine {machine} needs the image's own generic arm64 "
+                        f"kernel, found only {pi_kernels}; use --machine virt")
+    arch = userland_arch(image, layout)
+    kit = kernel_kit(arch)
+    log.notice(f"{image.name}: its kernel ({pi_kernels}) needs Pi hardware; booting Debian's "
+               f"{kit.version} with its modules in the overlay")
+    return BootFiles(
+        kernel=kit.kernel,
+        initrd=kit.initrd,
+        dtb=None,
+        cmdline=virt_cmdline(cmdline, layout.root_partuuid(), "ttyAMA0", extra_cmdline),
+        arch=arch,
+        modules=kit.modules,
     )
 
 
@@ -279,7 +329,7 @@ def boot_image(
     try:
         files = extract_boot_files(image, workdir, machine, extra_cmdline)
         if not disk.exists():
-            create_overlay(image, disk)
+            prepare_overlay(image, disk, files)
         port = ssh_port or free_port()
         spec = VmSpec(
             disk=disk,
@@ -322,6 +372,25 @@ def boot_image(
         shutil.rmtree(tmp, ignore_errors=True)
         if overlay is None and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def prepare_overlay(image: Path, disk: Path, files: BootFiles) -> None:
+    """Create the overlay, with a generic kernel's modules in it when booting one;
+    it gets its final name only when complete, so a kept one is never half done."""
+    if files.modules is None:
+        create_overlay(image, disk)
+        return
+    from builder.guestfs_io import add_tree
+
+    tmp = disk.with_name(f".{disk.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        create_overlay(image, tmp)
+        with log.step(f"add {files.kernel.name.removeprefix('vmlinuz-')} modules to the overlay"):
+            add_tree(tmp, files.modules, "/lib/modules", partition=2)
+        tmp.rename(disk)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def watch_console(vm: Vm, host: str, timeout: float) -> tuple[float, list[str]]:

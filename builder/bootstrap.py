@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -204,11 +205,11 @@ def _host_sources(apt_dir: Path) -> list[_Source]:
 
 def render_sources(
     spec: BootstrapSpec, apt_dir: Path = Path("/etc/apt"),
-    os_release: Path = Path("/etc/os-release"),
+    os_release: Path = Path("/etc/os-release"), skip: frozenset[str] = frozenset(),
 ) -> str:
     """deb822 sources for the base: the spec's mirror, else the host's archive
     with its suites (``bookworm``, ``-updates``, ``-security``) re-pointed at
-    ``spec.suite``."""
+    ``spec.suite``, leaving out the suites in ``skip``."""
     components = " ".join(COMPONENTS)
     if spec.mirror:
         return f"Types: deb\nURIs: {spec.mirror}\nSuites: {spec.suite}\nComponents: {components}\n"
@@ -220,7 +221,8 @@ def render_sources(
             base, sep, suffix = suite.partition("-")
             if host is None or base != host:
                 continue  # a third-party or foreign-release entry
-            suites.append(spec.suite + sep + suffix)
+            if spec.suite + sep + suffix not in skip:
+                suites.append(spec.suite + sep + suffix)
         if not suites or not src.uris:
             continue
         text = f"Types: deb\nURIs: {' '.join(src.uris)}\nSuites: {' '.join(suites)}\n"
@@ -234,6 +236,59 @@ def render_sources(
             f"{apt_dir}/sources.list; configure apt on this host or set a mirror"
         )
     return "\n".join(stanzas)
+
+
+def failed_suites(apt_output: str) -> dict[str, str]:
+    """Suite -> first reason, from ``apt-get update`` output's ``E: Failed to fetch`` lines."""
+    failed: dict[str, str] = {}
+    for line in apt_output.splitlines():
+        m = re.match(r"E: Failed to fetch \S*/dists/([^/\s]+)/\S*\s+(.*)", line)
+        if m:
+            failed.setdefault(m.group(1), m.group(2).strip())
+    return failed
+
+
+def probe_sources(sources_text: str, arch: str) -> dict[str, str]:
+    """Fetch the package indexes of ``sources_text`` for ``arch`` into a scratch
+    folder (the host's apt state is not touched); return the suites that failed."""
+    with tempfile.TemporaryDirectory(prefix="pibake-apt-probe-") as tmp:
+        d = Path(tmp)
+        for sub in ("lists/partial", "cache/archives/partial", "sources"):
+            (d / sub).mkdir(parents=True)
+        (d / "status").touch()
+        (d / "sources/pibake.sources").write_text(sources_text)
+        opts = {
+            "Dir::State": d, "Dir::State::Lists": d / "lists", "Dir::State::status": d / "status",
+            "Dir::Cache": d / "cache", "Dir::Etc::SourceList": "/dev/null",
+            "Dir::Etc::SourceParts": d / "sources", "APT::Architecture": arch,
+            "APT::Architectures": arch, "Acquire::Languages": "none", "Acquire::Retries": "3",
+        }
+        argv = [which("apt-get", "apt"), "update", "-q"]
+        for name, value in opts.items():
+            argv += ["-o", f"{name}={value}"]
+        proc = subprocess.run(argv, capture_output=True, text=True, start_new_session=True)
+    return failed_suites(proc.stdout + proc.stderr)
+
+
+def usable_sources(spec: BootstrapSpec, sources_text: str) -> str:
+    """The sources without the ``-updates``/``-security`` suites whose index the
+    archive serves broken for this arch (seen here: a -security Packages.xz of
+    the wrong size for armhf, which apt retries cannot fix); the main suite
+    stays required."""
+    failed = probe_sources(sources_text, spec.arch)
+    if not failed:
+        return sources_text
+    if spec.suite in failed:
+        raise PreflightError(
+            f"the archive's {spec.suite}/{spec.arch} package index cannot be fetched: "
+            f"{failed[spec.suite]}; check the host's apt sources or set a mirror in cluster.yaml"
+        )
+    for suite, reason in sorted(failed.items()):
+        log.notice(f"{suite}/{spec.arch}: index cannot be fetched ({reason}); "
+                   f"bootstrapping without {suite}")
+    if spec.mirror:
+        return sources_text
+    return render_sources(spec, skip=frozenset(failed))
 
 
 # --- the hooks ---------------------------------------------------------------
@@ -336,7 +391,7 @@ def bootstrap_rootfs(spec: BootstrapSpec, out_tar: Path, apt_cache: Path | None)
     """Bootstrap ``spec`` and write its root file system as a tar, atomically."""
     preflight_emulation(spec.arch)
     which("mmdebstrap", "mmdebstrap")
-    sources_text = render_sources(spec)
+    sources_text = usable_sources(spec, render_sources(spec))
     if apt_cache is not None:
         apt_cache.mkdir(parents=True, exist_ok=True)
     with log.step(f"bootstrap {spec.suite}/{spec.arch} with {spec.kernel}"), \

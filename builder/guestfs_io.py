@@ -56,25 +56,25 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _handle(path: Path, readonly: bool, tcg: bool) -> Any:
+def _handle(path: Path, readonly: bool, tcg: bool, fmt: str) -> Any:
     g = guestfs.GuestFS(python_return_dict=True)
     # The user's own LIBGUESTFS_BACKEND* settings win over ours.
     if "LIBGUESTFS_BACKEND" not in os.environ:
         g.set_backend("direct")
     if tcg:
         g.set_backend_settings(["force_tcg"])
-    g.add_drive_opts(str(path), readonly=readonly, format="raw")
+    g.add_drive_opts(str(path), readonly=readonly, format=fmt)
     return g
 
 
-def _launch(path: Path, readonly: bool) -> Any:
+def _launch(path: Path, readonly: bool, fmt: str) -> Any:
     global _use_tcg
     user_settings = "LIBGUESTFS_BACKEND_SETTINGS" in os.environ
     if _use_tcg is None and not user_settings and not _kvm_works():
         _use_tcg = True
         log.notice("KVM is not available; libguestfs runs under TCG (slower)")
     tcg = bool(_use_tcg) and not user_settings
-    g = _handle(path, readonly, tcg)
+    g = _handle(path, readonly, tcg, fmt)
     try:
         g.launch()
         return g
@@ -85,7 +85,7 @@ def _launch(path: Path, readonly: bool) -> Any:
                              f"{_first_line(exc)}; run 'libguestfs-test-tool' to see why") from exc
     _use_tcg = True
     log.notice("KVM failed to start the libguestfs appliance; falling back to TCG (slower)")
-    g = _handle(path, readonly, True)
+    g = _handle(path, readonly, True, fmt)
     try:
         g.launch()
     except RuntimeError as exc:
@@ -96,11 +96,12 @@ def _launch(path: Path, readonly: bool) -> Any:
 
 
 @contextmanager
-def open_image(path: Path, readonly: bool = True) -> Iterator[Any]:
-    """Yield a launched guestfs handle on ``path``; always shut down and closed."""
+def open_image(path: Path, readonly: bool = True, fmt: str = "raw") -> Iterator[Any]:
+    """Yield a launched guestfs handle on ``path`` (a ``raw`` or ``qcow2`` disk);
+    always shut down and closed."""
     if not path.is_file():
         raise BuildError(f"{path}: no such image file")
-    g = _launch(path, readonly)
+    g = _launch(path, readonly, fmt)
     try:
         yield g
     finally:
@@ -205,3 +206,32 @@ def _mount_root(g: Any, candidates: list[str]) -> str | None:
             return dev
         g.umount("/")
     return None
+
+
+def add_tree(disk: Path, tar: Path, dest: str, partition: int, fmt: str = "qcow2") -> None:
+    """Unpack ``tar`` into folder ``dest`` of the file system on ``partition`` of
+    ``disk`` (a boot overlay: the image under it is not written)."""
+    with open_image(disk, readonly=False, fmt=fmt) as g:
+        try:
+            _add_tree(g, disk, tar, dest, partition)
+        except RuntimeError as exc:
+            raise BuildError(f"{disk}: libguestfs: {_first_line(exc)}") from exc
+
+
+def _add_tree(g: Any, disk: Path, tar: Path, dest: str, partition: int) -> None:
+    parts = {int(g.part_to_partnum(dev)): dev for dev in g.list_partitions()}
+    if partition not in parts:
+        raise BuildError(f"{disk}: no partition {partition} (found: {sorted(parts)})")
+    g.mount(parts[partition], "/")
+    # resolved inside the guest: /lib may be a symlink to usr/lib
+    path = g.realpath(dest) if g.exists(dest) else dest
+    g.mkdir_p(path)
+    stat = g.statvfs("/")
+    # written as root, so the reserved blocks count; a margin for partial blocks
+    free = stat["bfree"] * stat["bsize"]
+    need = tar.stat().st_size * 21 // 20
+    if need > free:
+        raise BuildError(f"{disk}: {dest} needs {need >> 20} MiB but partition {partition} has "
+                         f"{free >> 20} MiB free; build the image with more free space")
+    g.tar_in(str(tar), path, xattrs=False)
+    g.umount("/")

@@ -340,12 +340,25 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
     role, cached = role_artifact(inv, host, base)
     if cached:
         log.info(f"==> role {'+'.join(profile.layers)} cached ({role.key[:12]})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache.clean_stale(out_dir)
+    try:
+        sha = _host_stage(inv, host, out_dir, compression, base, role, cached)
+    except BuildError as exc:
+        if "no space left on device" in str(exc).lower():
+            raise BuildError(f"{out_dir}: no space left on device while writing {host}.img; "
+                             "free some space and build again") from None
+        raise
+    return BuildResult(out_dir / f"{host}.img", sha, cached, time.monotonic() - start)
+
+
+def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compression,
+                base: BaseArtifact, role: RoleArtifact, cached: bool) -> str:
+    profile = inv.profile(host)
     delta = host_delta(inv, host, role.facts)
     disk = disk_id(inv.cluster.name, host)
     secrets: list[str] = []
     mode = image_mode(bool(secrets))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache.clean_stale(out_dir)
     with log.step(f"host image {host}"), tempfile.TemporaryDirectory(
             dir=out_dir, prefix=f".{host}.tmp-{os.getpid()}-") as s:
         stage = Path(s)
@@ -385,7 +398,7 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
         }
         write_manifest(stage / f"{host}.manifest.json", manifest)
         _publish(stage, out_dir, host)
-    return BuildResult(out_dir / f"{host}.img", sha, cached, time.monotonic() - start)
+    return sha
 
 
 def _sha(data: bytes) -> str:

@@ -527,7 +527,7 @@ def test_assemble_disk_failure_leaves_no_file(
     out = tmp_path / "out/host.img"
     with pytest.raises(BuildError) as err:
         assemble_disk(out, boot=boot_img, root=root_img, disk_id=7)
-    assert str(err.value) == f"{out}: writing the disk image failed: No space left on device"
+    assert str(err.value) == f"{out}: no space left on device; free some space and build again"
     assert list(out.parent.iterdir()) == []
 
 

@@ -269,12 +269,18 @@ def test_pick_kernel_newest_generic_kernel_and_its_initrd() -> None:
     )
 
 
-def test_pick_kernel_refuses_pi_only_kernels() -> None:
+def test_pick_kernel_leaves_pi_only_kernels_to_a_generic_kit() -> None:
+    img = Path("output/lanmain-01.img")
+    assert pick_kernel(img, ["kernel.img", "kernel7.img", "cmdline.txt"]) is None
+    assert pick_kernel(img, ["vmlinuz-6.1.0-28-rpi", "initrd.img-6.1.0-28-rpi"]) is None
+
+
+def test_pick_kernel_refuses_a_boot_partition_without_kernel() -> None:
     with pytest.raises(BootError) as err:
-        pick_kernel(Path("output/lanmain-01.img"), ["kernel.img", "kernel7.img", "cmdline.txt"])
+        pick_kernel(Path("output/lanmain-01.img"), ["cmdline.txt", "config.txt"])
     assert str(err.value) == (
-        "output/lanmain-01.img: no vmlinuz-* on the boot partition; booting Pi-only kernels "
-        "(Raspbian, Debian rpi flavour) on -M virt is not implemented yet"
+        "output/lanmain-01.img: no kernel on the boot partition (no vmlinuz-* or kernel*.img); "
+        "is it a pibake output image?"
     )
 
 

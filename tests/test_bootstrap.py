@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import http.server
 import subprocess
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +22,9 @@ from builder.bootstrap import (
     BootstrapSpec,
     customize_hook,
     essential_hook,
+    failed_suites,
     mmdebstrap_argv,
+    probe_sources,
     render_sources,
     spec_for,
     spec_key,
@@ -281,3 +288,75 @@ def test_real_arm64_base(arm64_base_tar: Path, tmp_path: Path) -> None:  # noqa:
     files = listing.stdout.decode()
     assert "virtio_blk.ko" in files
     assert "ext4.ko" in files
+
+
+# --- an archive serving a broken optional index ------------------------------------
+
+
+def test_render_sources_skips_the_named_suites(tmp_path: Path) -> None:
+    text = render_sources(SPEC, apt_dir(tmp_path), os_release(tmp_path),
+                          skip=frozenset({"bookworm-security", "bookworm-updates"}))
+    assert text == (
+        "Types: deb\nURIs: http://archive.example/debian\nSuites: bookworm\n"
+        "Components: main non-free-firmware\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+
+
+def test_failed_suites_reads_apts_errors() -> None:
+    out = (
+        "Get:7 http://a.example/debian-security bookworm-security/main armhf Packages [351 kB]\n"
+        "E: Failed to fetch http://a.example/debian-security/dists/bookworm-security/main/"
+        "binary-armhf/Packages.xz  File has unexpected size (334084 != 351124). "
+        "Mirror sync in progress?\n"
+        "E: Some index files failed to download. They have been ignored, or old ones used.\n"
+    )
+    assert failed_suites(out) == {
+        "bookworm-security": "File has unexpected size (334084 != 351124). Mirror sync in progress?"
+    }
+
+
+def _release(suite: str, files: dict[str, bytes], lie_about: str | None = None) -> str:
+    lines = [f"Suite: {suite}", f"Codename: {suite}", "Architectures: armhf",
+             "Components: main", "Date: Tue, 24 Nov 2026 00:00:00 UTC", "SHA256:"]
+    for name, data in files.items():
+        size = len(data) + (7 if name == lie_about else 0)
+        lines.append(f" {hashlib.sha256(data).hexdigest()} {size} {name}")
+    return "\n".join(lines) + "\n"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[str]:
+    """A local archive whose -security armhf index is not the size its Release says."""
+    root = tmp_path / "www"
+    packages = b"Package: hello\nVersion: 1\nArchitecture: armhf\n\n"
+    for suite, lie in (("bookworm", None), ("bookworm-security", "main/binary-armhf/Packages")):
+        d = root / "dists" / suite
+        (d / "main/binary-armhf").mkdir(parents=True)
+        (d / "main/binary-armhf/Packages").write_bytes(packages)
+        (d / "Release").write_text(_release(suite, {"main/binary-armhf/Packages": packages},
+                                            lie))
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_probe_finds_the_suite_whose_index_is_broken(archive: str) -> None:
+    sources = (
+        f"Types: deb\nURIs: {archive}\nSuites: bookworm bookworm-security\n"
+        "Components: main\nTrusted: yes\n"
+    )
+    failed = probe_sources(sources, "armhf")
+    assert list(failed) == ["bookworm-security"]
+    assert failed["bookworm-security"].startswith("File has unexpected size (47 != 54)")

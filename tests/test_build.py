@@ -170,7 +170,8 @@ def test_disk_full_leaves_nothing(built: dict[str, object], tmp_path: Path) -> N
                            script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 5, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("pibake: error: ") and "no space left on device" in lines[-1]
+    assert lines[-1] == (f"pibake: error: {out}: no space left on device while writing "
+                         "node-01.img; free some space and build again")
     assert "Traceback" not in proc.stderr
     assert proc.stdout.strip() == ""   # ls -A of the full folder: nothing left
 

@@ -40,10 +40,10 @@ def write(path: Path, text: str, mode: int | None = None) -> Path:
     return path
 
 
-def make_mini_project(root: Path) -> Path:
-    """Two pi3 nodes on QEMU's user-net addresses; the repo's base layer plus a
-    small 'web' layer with a template, a file and a hook."""
-    write(root / "profiles/cluster.yaml", MINI_CLUSTER)
+def make_mini_project(root: Path, model: str = "pi3") -> Path:
+    """Two nodes of ``model`` on QEMU's user-net addresses; the repo's base layer
+    plus a small 'web' layer with a template, a file and a hook."""
+    write(root / "profiles/cluster.yaml", MINI_CLUSTER.replace("model: pi3", f"model: {model}"))
     for host in ("node-01", "node-02"):
         write(root / f"profiles/{host}.yaml", "base: debian-bookworm\nlayers: [base, web]\n")
     shutil.copytree(REPO / "layers/base", root / "layers/base", symlinks=True)

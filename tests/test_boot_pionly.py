@@ -22,20 +22,6 @@ from tests.conftest import make_mini_project, write
 
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
-PI1_CLUSTER = """\
-cluster:
-  name: mini
-  domain: mini.lan
-  admin:
-    user: admin
-    ssh_authorized_keys: []
-networks:
-  lan: {cidr: 10.0.2.0/24, gateway: 10.0.2.2, dns: [10.0.2.3]}
-nodes:
-  pi-01: {model: pi1, network: lan, ip: 10.0.2.15}
-"""
-
-
 @pytest.mark.parametrize(
     "name, keep",
     [
@@ -154,20 +140,16 @@ def test_userland_arch_refuses_a_non_arm_user_space(tmp_path: Path) -> None:
 
 @pytest.mark.boot
 def test_pi1_image_boots_on_virt_with_the_armmp_kit(tmp_path: Path) -> None:
-    project = make_mini_project(tmp_path / "proj")
-    write(project / "profiles/cluster.yaml", PI1_CLUSTER)
-    for old in ("node-01", "node-02"):
-        (project / f"profiles/{old}.yaml").unlink()
-    write(project / "profiles/pi-01.yaml", "base: debian-bookworm\nlayers: [base]\n")
+    project = make_mini_project(tmp_path / "proj", model="pi1")
     built = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), "build",
-                            "pi-01"], capture_output=True, text=True, timeout=3600)
+                            "node-01"], capture_output=True, text=True, timeout=3600)
     assert built.returncode == 0, built.stderr
-    image = project / "output/pi-01.img"
+    image = project / "output/node-01.img"
     names = boot.list_fat(image, boot.boot_partition(image, boot.disk_layout(image)))
     assert boot.pick_kernel(image, names) is None  # only the rpi flavour is there
     before = sha256_file(image)
 
-    result = boot_image(image, host="pi-01", timeout=900)
+    result = boot_image(image, host="node-01", timeout=900)
 
     assert result.progress[-1] == "done"
     assert sha256_file(image) == before

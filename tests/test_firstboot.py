@@ -177,11 +177,12 @@ def test_builtin_steps_are_executable_posix_sh_numbered_below_30() -> None:
             assert subprocess.run(["dash", "-n", str(path)]).returncode == 0, name
 
 
-def test_unit_uses_only_options_known_to_systemd_232() -> None:
-    unit = (FIRSTBOOT / "pibake-firstboot.service").read_text()
+@pytest.mark.parametrize("unit", ["pibake-firstboot.service", "pibake-ssh-host-keys.service"])
+def test_units_use_only_options_known_to_systemd_232(unit: str) -> None:
+    text = (FIRSTBOOT / unit).read_text()
     options = {
         line.split("=", 1)[0]
-        for line in unit.splitlines()
+        for line in text.splitlines()
         if "=" in line and not line.startswith("#")
     }
     # every one of these is documented in systemd 232's man pages
@@ -189,7 +190,9 @@ def test_unit_uses_only_options_known_to_systemd_232() -> None:
         "Description",
         "Documentation",
         "After",
+        "Before",
         "Type",
+        "RemainAfterExit",
         "ExecStart",
         "Restart",
         "RestartSec",
@@ -198,9 +201,21 @@ def test_unit_uses_only_options_known_to_systemd_232() -> None:
         "WantedBy",
     }
     assert options <= known_232
-    assert "Type=simple" in unit  # Restart= for oneshot needs systemd >= 244
     assert "ConditionFirstBoot" not in options
+
+
+def test_runner_unit_retries_and_reports_on_the_console() -> None:
+    unit = (FIRSTBOOT / "pibake-firstboot.service").read_text()
+    assert "Type=simple" in unit  # Restart= for oneshot needs systemd >= 244
+    assert "Restart=on-failure" in unit
     assert "StandardOutput=journal+console" in unit
+
+
+def test_host_keys_unit_runs_the_step_before_sshd() -> None:
+    unit = (FIRSTBOOT / "pibake-ssh-host-keys.service").read_text()
+    assert "Before=ssh.service sshd.service" in unit
+    assert "ExecStart=/usr/local/lib/pibake/firstboot.d/10-ssh-host-keys.sh" in unit
+    assert (STEPS / "10-ssh-host-keys.sh").exists()
 
 
 # -- built-in steps ----------------------------------------------------------
@@ -265,19 +280,52 @@ def test_wait_network_sees_a_default_route(root: Path) -> None:
     assert (res.returncode, res.stdout) == (0, "wait-network: default route after 0s\n")
 
 
-def test_ssh_host_keys_created_once(root: Path) -> None:
-    if not shutil.which("ssh-keygen"):
-        pytest.skip("ssh-keygen not installed")
+def key_names(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*_key"))
+
+
+@pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="needs ssh-keygen")
+def test_ssh_host_keys_follow_the_hostkey_lines_and_are_created_once(root: Path) -> None:
+    conf = root / "etc/ssh/sshd_config.d"
+    conf.mkdir(parents=True)
+    (root / "etc/ssh/sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n")
+    (conf / "10-pibake.conf").write_text(
+        "PermitRootLogin no\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
+        "hostkey /etc/ssh/ssh_host_ecdsa_key\n")
     env = {"PIBAKE_FIRSTBOOT_ROOT": str(root)}
     res = run_step("10-ssh-host-keys.sh", env)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[-1] == "ssh-host-keys: created"
-    keys = sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*_key"))
-    assert "ssh_host_ed25519_key" in keys
+    assert (res.returncode, res.stdout) == (0, "ssh-host-keys: created ed25519 ecdsa\n"), res.stderr
+    assert key_names(root) == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key"]  # no RSA
+    mode = (root / "etc/ssh/ssh_host_ed25519_key").stat().st_mode & 0o777
+    assert mode == 0o600
     before = (root / "etc/ssh/ssh_host_ed25519_key").read_bytes()
     res = run_step("10-ssh-host-keys.sh", env)
     assert res.stdout == "ssh-host-keys: image carries host keys; nothing to do\n"
     assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == before
+    # a key the config asks for later is added; the others stay
+    (conf / "10-pibake.conf").write_text(
+        "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_rsa_key\n")
+    res = run_step("10-ssh-host-keys.sh", env)
+    assert res.stdout == "ssh-host-keys: created rsa\n"
+    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == before
+
+
+@pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="needs ssh-keygen")
+def test_ssh_host_keys_without_hostkey_lines_are_the_default_set(root: Path) -> None:
+    res = run_step("10-ssh-host-keys.sh", {"PIBAKE_FIRSTBOOT_ROOT": str(root)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == "ssh-host-keys: created (ssh-keygen -A)"
+    assert key_names(root) == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_host_rsa_key"]
+
+
+def test_ssh_host_keys_refuses_a_key_of_unknown_type(root: Path) -> None:
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("needs ssh-keygen")
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "etc/ssh/sshd_config").write_text("HostKey /etc/ssh/my_key\n")
+    res = run_step("10-ssh-host-keys.sh", {"PIBAKE_FIRSTBOOT_ROOT": str(root)})
+    assert (res.returncode, res.stdout) == (
+        1, "ssh-host-keys: cannot tell the key type of HostKey /etc/ssh/my_key\n")
 
 
 def make_disk(path: Path, size_mib: int, root_mib: int) -> None:

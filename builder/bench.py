@@ -1,11 +1,19 @@
-"""`make bench`: the same host built cold and warm in one run, as a ratio.
+"""`make bench`: build and boot speed, measured in one run.
 
-Cold: an empty pibake cache (base bootstrap, role layers in the emulated
-chroot, host image). Downloaded .deb files are kept in a shared apt cache so
-the archive's speed does not drown the measurement; pass --no-deb-cache to
-drop that too. Warm: the role is cached and one host variable changed, so only
-the host stage runs. Times are wall-clock seconds on this machine; compare
-ratios, not absolute numbers across machines.
+Build: the same host built cold and warm, as a ratio. Cold: an empty pibake
+cache (base bootstrap, role layers in the emulated chroot, host image).
+Downloaded .deb files are kept in a shared apt cache so the archive's speed
+does not drown the measurement; pass --no-deb-cache to drop that too. Warm:
+the role is cached and one host variable changed, so only the host stage runs.
+
+Boot (skip with --no-boot): seconds from QEMU start to the first-boot runner's
+`done` and QEMU's peak resident memory, for a minimal arm64 image (the bench
+host), a compute-style arm64 image (base + compute layers: Docker and all) and
+a minimal 32-bit image (pi2, armhf), each as a ratio to the minimal arm64 boot.
+These images are built with the normal pibake cache, so cached bases are reused.
+
+Times are wall-clock seconds on this machine; compare ratios, not absolute
+numbers across machines.
 """
 
 from __future__ import annotations
@@ -25,10 +33,15 @@ cluster:
   name: bench
   domain: bench.lan
 networks:
-  lan: {cidr: 10.0.2.0/24, gateway: 10.0.2.2, dns: [10.0.2.3]}
+  lan: {cidr: 192.168.77.0/24, gateway: 192.168.77.2, dns: [192.168.77.3]}
 nodes:
-  bench-01: {model: MODEL, network: lan, ip: 10.0.2.15}
+  bench-01: {model: MODEL, network: lan, ip: 192.168.77.15}
+  bench-compute: {model: pi3, network: lan, ip: 192.168.77.16}
+  bench-armhf: {model: pi2, network: lan, ip: 192.168.77.17}
 """
+
+# host -> layers of the images the boot part measures, besides bench-01
+BOOT_HOSTS = {"bench-compute": "[base, compute]", "bench-armhf": "[base]"}
 
 
 def make_project(root: Path, model: str) -> Path:
@@ -36,7 +49,42 @@ def make_project(root: Path, model: str) -> Path:
     shutil.copytree(REPO / "layers", root / "layers", symlinks=True)
     (root / "profiles/cluster.yaml").write_text(BENCH_CLUSTER.replace("MODEL", model))
     (root / "profiles/bench-01.yaml").write_text("base: debian-bookworm\nlayers: [base]\n")
+    for host, layers in BOOT_HOSTS.items():
+        (root / f"profiles/{host}.yaml").write_text(f"base: debian-bookworm\nlayers: {layers}\n")
     return root
+
+
+def timed_boot(image: Path, host: str) -> tuple[float, float | None]:
+    """(seconds from QEMU start to done, QEMU's peak memory in MiB)."""
+    from builder.boot import boot_image
+
+    result = boot_image(image, host=host, timeout=1800)
+    return result.seconds, result.peak_memory_mib
+
+
+def boot_part(project: Path, out: Path, cache: str | None) -> list[str]:
+    from builder.config import load_inventory
+    from builder.pipeline import build_image
+
+    if cache is None:
+        os.environ.pop("PIBAKE_CACHE", None)
+    else:
+        os.environ["PIBAKE_CACHE"] = cache
+    inv = load_inventory(project)
+    for host in BOOT_HOSTS:
+        build_image(inv, host, out)
+    rows = []
+    for host, what in (("bench-01", "minimal, arm64"), ("bench-compute", "compute, arm64"),
+                       ("bench-armhf", "minimal, armhf")):
+        seconds, peak = timed_boot(out / f"{host}.img", host)
+        rows.append((host, what, seconds, peak))
+    base = rows[0][2]
+    return [
+        f"bench: boot {host} ({what}): QEMU start to done {seconds:6.1f} s "
+        f"({seconds / base:.2f}x the minimal arm64 boot), qemu peak memory "
+        f"{'?' if peak is None else f'{peak:.0f}'} MiB"
+        for host, what, seconds, peak in rows
+    ]
 
 
 def timed_build(project: Path, host: str, out: Path) -> float:
@@ -53,7 +101,10 @@ def main() -> int:
     parser.add_argument("--model", default="pi3", help="Pi model of the bench host (pi3: arm64)")
     parser.add_argument("--no-deb-cache", action="store_true",
                         help="also start without downloaded .deb files")
+    parser.add_argument("--no-boot", action="store_true", help="measure the build only")
     args = parser.parse_args()
+    user_cache = os.environ.get("PIBAKE_CACHE")
+    boot_rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pibake-bench-") as tmp:
         work = Path(tmp)
         project = make_project(work / "proj", args.model)
@@ -70,12 +121,16 @@ def main() -> int:
         warm = timed_build(project, "bench-01", out)
         size = (out / "bench-01.img").stat().st_size
         blocks = (out / "bench-01.img").stat().st_blocks * 512
+        if not args.no_boot:
+            boot_rows = boot_part(project, out, user_cache)
     print(f"bench: host bench-01 ({args.model}), image {size / 2**20:.0f} MiB "
           f"({blocks / 2**20:.0f} MiB mapped)")
     print(f"bench: cold build (empty cache{'' if args.no_deb_cache else ', debs cached'}): "
           f"{cold:7.1f} s")
     print(f"bench: warm build (role cached, one host var changed): {warm:7.1f} s")
     print(f"bench: cold/warm ratio: {cold / warm:.1f}x")
+    for row in boot_rows:
+        print(row)
     return 0
 
 

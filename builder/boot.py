@@ -49,6 +49,7 @@ from pathlib import Path
 from builder import log
 from builder.errors import BootError
 from builder.qemu import (
+    VIRT_CMDLINE,
     Arch,
     LanSpec,
     Machine,
@@ -107,6 +108,7 @@ class BootResult:
     pid: int | None = None  # the still running qemu when keep
     ssh_command: str | None = None
     console_log: Path | None = None
+    peak_memory_mib: float | None = None  # QEMU's peak resident memory up to "done"
 
 
 # -- reading the image -----------------------------------------------------
@@ -215,6 +217,8 @@ def extract_boot_files(
     layout = disk_layout(image)
     part = boot_partition(image, layout)
     names = list_fat(image, part)
+    if machine is Machine.virt:
+        extra_cmdline = (*VIRT_CMDLINE, *extra_cmdline)
     cmdline = ""
     if "cmdline.txt" in names:
         cmdline = copy_fat(image, part, "cmdline.txt", workdir / "cmdline.txt").read_text()
@@ -347,7 +351,7 @@ def boot_image(
             memory_mib=memory_mib,
             accel=choose_accel(files.arch) if machine is Machine.virt else "tcg",
             lan=lan,
-            lan_mac=mac_for(f"{host}/lan"),
+            mgmt_mac=mac_for(f"{host}/mgmt"),
         )
         with Vm(spec) as vm:
             seconds, progress = watch_console(vm, host, timeout)
@@ -358,6 +362,7 @@ def boot_image(
                 ssh_port=port,
                 overlay=disk if keep or overlay is not None else None,
                 console_log=spec.console_log if keep or overlay is not None else None,
+                peak_memory_mib=vm.peak_memory_mib(),
             )
             if keep:
                 vm.keep = True

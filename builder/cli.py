@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from builder import __version__, log
-from builder.errors import PibakeError
+from builder.errors import BootError, PibakeError
 
 
 def _project(ctx: click.Context) -> Path:
@@ -108,8 +108,9 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
               help="Seconds to wait for the first-boot runner's 'done'.")
 @click.option("--keep", is_flag=True, help="Leave the VM running and print an ssh command.")
 @click.option("--ssh-port", type=int, default=None, help="Local port forwarded to the VM's 22.")
-@click.option("--lan", "lan_port", type=int, default=None,
-              help="Join a virtual LAN shared with other VMs (multicast on 127.0.0.1:PORT).")
+@click.option("--lan", "lan_port", type=click.IntRange(1024, 65535), default=None,
+              help="Put the node's NIC on a virtual LAN shared by every VM started with the "
+                   "same PORT (multicast on 127.0.0.1); virt only.")
 @click.pass_context
 def boot(ctx: click.Context, host: str, image: Path | None, machine: str, timeout: float,
          keep: bool, ssh_port: int | None, lan_port: int | None) -> None:
@@ -120,12 +121,16 @@ def boot(ctx: click.Context, host: str, image: Path | None, machine: str, timeou
 
     inv = _inventory(ctx)
     node = inv.node(inv.profile(host).host)
+    if lan_port and machine != "virt":
+        raise BootError(f"--lan {lan_port}: the raspi3b model has one USB NIC on QEMU's user "
+                        "network; use --machine virt to join a LAN")
     result = boot_image(
         image or _project(ctx) / "output" / f"{host}.img", host=host, machine=Machine(machine),
         timeout=timeout, keep=keep, ssh_port=ssh_port,
         lan=LanSpec(lan_port) if lan_port else None, mac=node.mac,
         ssh_user=inv.cluster.admin.user)
-    click.echo(f"{host}: first boot done in {result.seconds:.1f}s")
+    peak = f", qemu peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
+    click.echo(f"{host}: first boot done in {result.seconds:.1f}s{peak}")
     if keep and result.ssh_command:
         click.echo(f"{host}: running (pid {result.pid}); ssh: {result.ssh_command}")
 

@@ -25,6 +25,12 @@ from builder.render import Rendered, render_host
 FIRSTBOOT_DIR = Path(__file__).resolve().parent.parent / "firstboot"
 STEPS_DEST = "/usr/local/lib/pibake/firstboot.d"
 STATUS_FILE = "pibake-firstboot.txt"
+# The boot partition is mounted on first use, so booting never waits for its
+# device and fsck (12 s of an emulated boot); whatever reads or writes it
+# (raspi-firmware on kernel upgrades, the first-boot status file) waits instead.
+BOOT_MOUNT_OPTIONS = "defaults,x-systemd.automount"
+# The runner, and the unit that creates SSH host keys before sshd first starts.
+UNITS = ("pibake-firstboot.service", "pibake-ssh-host-keys.service")
 
 # Serial console per Pi family with Debian's kernels and upstream device trees.
 SERIAL_CONSOLE = {
@@ -53,6 +59,20 @@ def disk_id(cluster: str, host: str) -> int:
     """A stable MBR disk id per host, so PARTUUIDs survive rebuilds."""
     value = int(hashlib.sha256(f"pibake:{cluster}:{host}".encode()).hexdigest()[:8], 16)
     return value or 1
+
+
+def machine_id(cluster: str, host: str) -> str:
+    """The host's /etc/machine-id, fixed at build time and stable across rebuilds.
+
+    A fixed id means systemd never sees a first boot: no preset-all pass over
+    every unit (12 s under emulation), no machine-id commit, and the DHCP
+    client id that systemd-networkd derives from it survives a re-flashed card.
+    It is derived from names, so it is unique in the cluster but not secret.
+    """
+    digest = bytearray(hashlib.sha256(f"pibake-machine-id:{cluster}:{host}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x40      # shaped like systemd's own: a v4 UUID
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return digest.hex()
 
 
 def _file(path: str, text: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
@@ -112,6 +132,11 @@ def network_entries(inv: Inventory, host: str, base: Base, facts: RoleFacts) -> 
             _link("/etc/systemd/system/network-online.target.wants/"
                   "systemd-networkd-wait-online.service",
                   "/lib/systemd/system/systemd-networkd-wait-online.service"),
+            # ip=/nameserver= on the kernel command line become .network files
+            # under /run: a rescue path on a Pi (ip=eth0:dhcp in cmdline.txt) and
+            # how `pibake boot` gives its management NIC an address.
+            _link("/etc/systemd/system/sysinit.target.wants/systemd-network-generator.service",
+                  "/lib/systemd/system/systemd-network-generator.service"),
         ]
     elif base.network == "dhcpcd":
         kept = re.sub(r"\n# BEGIN pibake.*?# END pibake\n", "\n", facts.dhcpcd_conf, flags=re.S)
@@ -162,15 +187,17 @@ def firstboot_entries(inv: Inventory, host: str, base: Base) -> list[Entry]:
     entries = [
         _file("/usr/local/sbin/pibake-firstboot",
               (FIRSTBOOT_DIR / "pibake-firstboot").read_text(), 0o755),
-        _file("/etc/systemd/system/pibake-firstboot.service",
-              (FIRSTBOOT_DIR / "pibake-firstboot.service").read_text()),
-        _link("/etc/systemd/system/multi-user.target.wants/pibake-firstboot.service",
-              "/etc/systemd/system/pibake-firstboot.service"),
         _file("/etc/pibake/firstboot.env", env),
         Entry(path=STEPS_DEST, kind="dir", mode=0o755),
     ]
     entries += [_file(f"{STEPS_DEST}/{name}", src.read_text(), 0o755)
                 for name, (src, _) in sorted(steps.items())]
+    for unit in UNITS:
+        entries += [
+            _file(f"/etc/systemd/system/{unit}", (FIRSTBOOT_DIR / unit).read_text()),
+            _link(f"/etc/systemd/system/multi-user.target.wants/{unit}",
+                  f"/etc/systemd/system/{unit}"),
+        ]
     return entries
 
 
@@ -192,15 +219,15 @@ def host_delta(inv: Inventory, host: str, facts: RoleFacts) -> HostDelta:
     fstab = (
         "# managed by pibake, host layer\n"
         f"PARTUUID={partuuid(disk, 2)}\t/\text4\tdefaults,noatime\t0\t1\n"
-        f"PARTUUID={partuuid(disk, 1)}\t{base.boot_mount}\tvfat\tdefaults\t0\t2\n"
+        f"PARTUUID={partuuid(disk, 1)}\t{base.boot_mount}\tvfat\t{BOOT_MOUNT_OPTIONS}\t0\t2\n"
     )
     root += [
         _file("/etc/hostname", host + "\n"),
         _file("/etc/hosts", hosts_file(inv, host)),
         _file("/etc/fstab", fstab),
-        _file("/etc/machine-id", "uninitialized\n", 0o444),
-        # systemd-firstboot would prompt on the console when machine-id is
-        # uninitialized; the image must never wait for a human.
+        _file("/etc/machine-id", machine_id(inv.cluster.name, host) + "\n", 0o444),
+        # systemd-firstboot prompts on the console when it runs; the image must
+        # never wait for a human, whatever a base or layer did to machine-id.
         _link("/etc/systemd/system/systemd-firstboot.service", "/dev/null"),
     ]
     root += network_entries(inv, host, base, facts)

@@ -62,16 +62,24 @@ class VmSpec:
     console_log: Path
     qmp_socket: Path
     ssh_port: int
-    mac: str
+    mac: str  # the node's own NIC (eth0)
     arch: Arch = Arch.arm64
     machine: Machine = Machine.virt
     dtb: Path | None = None
     smp: int = 2
     memory_mib: int = 512
     accel: str = "tcg"
-    lan: LanSpec | None = None
-    lan_mac: str | None = None
+    lan: LanSpec | None = None          # None: the node's NIC is on a LAN of its own
+    mgmt_mac: str | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+# Kernel arguments for -M virt. DHCP on the management NIC: systemd-networkd
+# images turn it into a .network file (systemd-network-generator, enabled by
+# the host layer); dhcpcd and NetworkManager take any unconfigured NIC by DHCP.
+# A longer device timeout: several emulated VMs on two cores can take more than
+# systemd's 90 s to see a disk partition (older systemd ignores the option).
+VIRT_CMDLINE: tuple[str, ...] = ("ip=eth1:dhcp", "systemd.default_device_timeout_sec=300")
 
 
 def qemu_binary(arch: Arch) -> str:
@@ -98,8 +106,12 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         if spec.accel == "kvm":
             argv += ["-cpu", "host"]
         elif spec.arch is Arch.arm64:
-            # pauth-impdef: QEMU's own pointer-auth hash, ~3x faster than QARMA
-            argv += ["-cpu", "max,pauth-impdef=on"]
+            # ARMv8.x with LSE atomics (cortex-a72 lacks them: 40% slower), but no
+            # pointer authentication (Debian's PAC instructions are hints, NOPs
+            # then) and no SVE (its wide registers are saved on every context
+            # switch): 42 s to done instead of 60 s with pauth-impdef. A Pi 3/4
+            # has neither feature either.
+            argv += ["-cpu", "max,pauth=off,sve=off"]
         else:
             argv += ["-cpu", "cortex-a15"]
         accel = "kvm" if spec.accel == "kvm" else "tcg,tb-size=64"
@@ -125,12 +137,18 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         argv += ["-serial", "chardev:con"]
         argv += ["-drive", f"if=none,id=disk0,format=qcow2,file={spec.disk}"]
         argv += ["-device", "virtio-blk-pci,drive=disk0"]
-        argv += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"]
-        argv += ["-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}"]
+        # eth0, the node's own NIC, carries the image's network config as on
+        # the Pi: on the LAN shared with the other VMs, or on a hub of its own.
         if spec.lan is not None:
             lan = f"socket,id=lan0,mcast={spec.lan.group}:{spec.lan.port},localaddr=127.0.0.1"
-            argv += ["-netdev", lan]
-            argv += ["-device", f"virtio-net-pci,netdev=lan0,mac={spec.lan_mac or spec.mac}"]
+        else:
+            lan = "hubport,id=lan0,hubid=0"
+        argv += ["-netdev", lan]
+        argv += ["-device", f"virtio-net-pci,netdev=lan0,mac={spec.mac}"]
+        # eth1, for this machine only: QEMU's user network with SSH forwarded;
+        # the guest takes its address by DHCP (ip=eth1:dhcp, see VIRT_CMDLINE).
+        argv += ["-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"]
+        argv += ["-device", f"virtio-net-pci,netdev=mgmt,mac={spec.mgmt_mac or mac_for(spec.mac)}"]
         # early-boot entropy for sshd and key generation
         argv += ["-device", "virtio-rng-pci"]
     argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
@@ -258,6 +276,17 @@ class Vm:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def peak_memory_mib(self) -> float | None:
+        """QEMU's peak resident memory so far (VmHWM), or None once it is gone."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
 
     def exited(self) -> int | None:
         assert self.proc is not None

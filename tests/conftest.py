@@ -19,10 +19,10 @@ cluster:
     user: admin
     ssh_authorized_keys: []
 networks:
-  lan: {cidr: 10.0.2.0/24, gateway: 10.0.2.2, dns: [10.0.2.3]}
+  lan: {cidr: 192.168.77.0/24, gateway: 192.168.77.2, dns: [192.168.77.3]}
 nodes:
-  node-01: {model: pi3, network: lan, ip: 10.0.2.15}
-  node-02: {model: pi3, network: lan, ip: 10.0.2.16}
+  node-01: {model: pi3, network: lan, ip: 192.168.77.15}
+  node-02: {model: pi3, network: lan, ip: 192.168.77.16}
 """
 
 WEB_DEFAULTS = """\

@@ -16,7 +16,16 @@ from builder import boot, qemu
 from builder.boot import ConsoleWatch, boot_image, pick_kernel, virt_cmdline, watch_console
 from builder.cache import sha256_file
 from builder.errors import BootError
-from builder.qemu import Arch, LanSpec, Machine, VmSpec, mac_for, pick_accel, qemu_argv
+from builder.qemu import (
+    VIRT_CMDLINE,
+    Arch,
+    LanSpec,
+    Machine,
+    VmSpec,
+    mac_for,
+    pick_accel,
+    qemu_argv,
+)
 
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
@@ -31,6 +40,7 @@ def spec(**kw: object) -> VmSpec:
         qmp_socket=Path("/t/qmp.sock"),
         ssh_port=2222,
         mac="52:54:00:aa:bb:cc",
+        mgmt_mac="52:54:00:dd:ee:ff",
     )
     base.update(kw)
     return VmSpec(**base)  # type: ignore[arg-type]
@@ -39,7 +49,7 @@ def spec(**kw: object) -> VmSpec:
 def test_virt_arm64_argv() -> None:
     assert qemu_argv(spec()) == [
         "qemu-system-aarch64",
-        "-M", "virt", "-cpu", "max,pauth-impdef=on",
+        "-M", "virt", "-cpu", "max,pauth=off,sve=off",
         "-accel", "tcg,tb-size=64", "-smp", "2", "-m", "512",
         "-nodefaults", "-display", "none", "-no-reboot",
         "-kernel", "/w/vmlinuz", "-initrd", "/w/initrd",
@@ -47,8 +57,10 @@ def test_virt_arm64_argv() -> None:
         "-chardev", "file,id=con,path=/w/console.log", "-serial", "chardev:con",
         "-drive", "if=none,id=disk0,format=qcow2,file=/w/o.qcow2",
         "-device", "virtio-blk-pci,drive=disk0",
-        "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22",
-        "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:cc",
+        "-netdev", "hubport,id=lan0,hubid=0",
+        "-device", "virtio-net-pci,netdev=lan0,mac=52:54:00:aa:bb:cc",
+        "-netdev", "user,id=mgmt,hostfwd=tcp:127.0.0.1:2222-:22",
+        "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:dd:ee:ff",
         "-device", "virtio-rng-pci",
         "-qmp", "unix:/t/qmp.sock,server=on,wait=off",
     ]  # fmt: skip
@@ -65,15 +77,19 @@ def test_kvm_argv() -> None:
     assert argv[3:7] == ["-cpu", "host", "-accel", "kvm"]
 
 
-def test_lan_adds_a_multicast_nic_on_localhost_with_its_own_mac() -> None:
-    argv = qemu_argv(spec(lan=LanSpec(port=41000), lan_mac="52:54:00:11:22:33"))
+def test_lan_puts_the_nodes_own_nic_first_on_a_multicast_lan_on_localhost() -> None:
+    argv = qemu_argv(spec(lan=LanSpec(port=41000)))
     i = argv.index("socket,id=lan0,mcast=230.0.0.1:41000,localaddr=127.0.0.1")
-    assert argv[i - 1 : i + 3] == [
-        "-netdev",
-        "socket,id=lan0,mcast=230.0.0.1:41000,localaddr=127.0.0.1",
-        "-device",
-        "virtio-net-pci,netdev=lan0,mac=52:54:00:11:22:33",
-    ]
+    assert argv[i - 1 : i + 7] == [
+        "-netdev", "socket,id=lan0,mcast=230.0.0.1:41000,localaddr=127.0.0.1",
+        "-device", "virtio-net-pci,netdev=lan0,mac=52:54:00:aa:bb:cc",       # eth0
+        "-netdev", "user,id=mgmt,hostfwd=tcp:127.0.0.1:2222-:22",
+        "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:dd:ee:ff",       # eth1
+    ]  # fmt: skip
+
+
+def test_virt_cmdline_asks_for_dhcp_on_the_management_nic_only() -> None:
+    assert VIRT_CMDLINE[0] == "ip=eth1:dhcp"
 
 
 def test_raspi3b_argv_puts_the_console_on_the_mini_uart() -> None:
@@ -88,7 +104,7 @@ def test_raspi3b_argv_puts_the_console_on_the_mini_uart() -> None:
 
 def test_macs_are_stable_distinct_and_locally_administered() -> None:
     assert mac_for("compute-01") == mac_for("compute-01")
-    macs = {mac_for(f"compute-0{i}") for i in range(1, 9)} | {mac_for("compute-01/lan")}
+    macs = {mac_for(f"compute-0{i}") for i in range(1, 9)} | {mac_for("compute-01/mgmt")}
     assert len(macs) == 9
     assert all(m.startswith("52:54:00:") and len(m) == 17 for m in macs)
 
@@ -329,7 +345,9 @@ def test_extract_boot_files_from_the_images_boot_partition(tmp_path: Path) -> No
     files = boot.extract_boot_files(image, work, Machine.virt, ())
     assert files.kernel.read_bytes() == b"KERNEL"
     assert files.initrd is not None and files.initrd.read_bytes() == b"INITRD"
-    assert files.cmdline == "root=PARTUUID=1234abcd-02 rootfstype=ext4 rw console=ttyAMA0 rootwait"
+    assert files.cmdline == (
+        "root=PARTUUID=1234abcd-02 rootfstype=ext4 rw console=ttyAMA0 rootwait ip=eth1:dhcp "
+        "systemd.default_device_timeout_sec=300")
     assert files.arch is Arch.arm64 and files.dtb is None
     assert sha256_file(image) == before
 

@@ -4,18 +4,16 @@ QEMU and check the first-boot runner from the outside (console) and the inside
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from builder.boot import boot_image, ssh_argv
+from builder.boot import boot_image
 from builder.cache import sha256_file
 from builder.errors import BootError
-from tests.conftest import make_mini_project, write
+from builder.hostlayer import machine_id
+from tests.conftest import write
+from tests.vm import build, keyed_project, ssh, stop
 
 pytestmark = pytest.mark.boot
 
@@ -36,43 +34,11 @@ COUNT_STEP = "#!/bin/sh\nmkdir -p /var/lib/pibake-test\necho ran >> /var/lib/pib
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("boot")
-    key = root / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    project = make_mini_project(root / "proj")
-    cluster = project / "profiles/cluster.yaml"
-    pub = key.with_suffix(".pub").read_text().strip()
-    cluster.write_text(cluster.read_text().replace("ssh_authorized_keys: []",
-                                                   f"ssh_authorized_keys: ['{pub}']"))
+    project, key = keyed_project(tmp_path_factory.mktemp("boot"))
     write(project / "layers/web/firstboot.d/30-count.sh", COUNT_STEP, 0o755)
     write(project / "layers/web/firstboot.d/40-flaky.sh", FLAKY_STEP, 0o755)
-    done = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), "build",
-                           "node-01"], capture_output=True, text=True, timeout=3600)
-    assert done.returncode == 0, done.stderr
+    build(project, "node-01")
     return project / "output/node-01.img", key
-
-
-def ssh(port: int, key: Path, command: str) -> str:
-    proc = subprocess.run(ssh_argv(port, "admin", key, command), capture_output=True, text=True,
-                          timeout=120)
-    return proc.stdout.strip()
-
-
-def stop(pid: int | None, port: int, key: Path) -> None:
-    """Power a kept VM off from inside (so its disk is consistent) and reap it."""
-    if pid is None:
-        return
-    ssh(port, key, "sudo systemctl poweroff")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
-        time.sleep(1)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
 
 
 def test_failed_step_then_retry_then_idempotent(image: tuple[Path, Path], tmp_path: Path,
@@ -106,8 +72,16 @@ def test_failed_step_then_retry_then_idempotent(image: tuple[Path, Path], tmp_pa
                                           "| cut -d' ' -f1").split())
         assert failed_units <= ALLOWED_FAILED_UNITS, failed_units
         assert ssh(port, key, "sudo systemctl is-system-running") == "running"
-        assert ssh(port, key, "cat /etc/machine-id") not in ("", "uninitialized")
-        assert ssh(port, key, "ls /etc/ssh/ssh_host_ed25519_key.pub")
+        assert ssh(port, key, "cat /etc/machine-id") == machine_id("mini", "node-01")
+        # exactly the key types the base layer asks for, made before sshd started
+        assert ssh(port, key, "ls /etc/ssh/ | grep 'key.pub$'").split() == [
+            "ssh_host_ecdsa_key.pub", "ssh_host_ed25519_key.pub"]
+        # sshd never started without keys, on either boot (the journal is kept)
+        assert ssh(port, key, "sudo journalctl -u ssh.service -o cat "
+                              "| grep -c 'no hostkeys available' || true") == "0"
+        # eth0 carries the inventory's address; eth1 is the management NIC
+        assert "192.168.77.15/24" in ssh(port, key, "ip -4 -o addr show eth0")
+        assert "10.0.2.15/24" in ssh(port, key, "ip -4 -o addr show eth1")
         assert ssh(port, key, "cat /boot/firmware/pibake-firstboot.txt").endswith("result: done")
     finally:
         stop(second.pid, second.ssh_port, key)

@@ -95,6 +95,7 @@ def test_spec_for_unknown_model() -> None:
         {"packages": ()},
         {"mirror": "http://mirror.invalid/debian"},
         {"initramfs_modules": DEFAULT_MODULES[:-1]},
+        {"initramfs_forced": ("ext4",)},
         {"suite": "trixie"},
         {"arch": "armhf"},
         {"kernel": "linux-image-rt-arm64"},
@@ -197,11 +198,15 @@ def test_argv_without_cache_has_no_sync(tmp_path: Path) -> None:
 
 
 def test_customize_hook_builds_the_initrd_once_from_the_module_list() -> None:
-    spec = dataclasses.replace(SPEC, initramfs_modules=("virtio_blk", "ext4"))
+    spec = dataclasses.replace(SPEC, initramfs_modules=("virtio_blk", "mmc_block"),
+                               initramfs_forced=("ext4",))
     hook = customize_hook(spec)
     assert hook.count("update-initramfs -c -k all") == 1
     assert "MODULES=list" in hook
-    assert "\nvirtio_blk\next4\nEOF\n" in hook
+    # forced: listed in /etc/initramfs-tools/modules; drivers: only added by a hook
+    assert "(the root file system)\next4\nEOF\n" in hook
+    assert "\nmanual_add_modules virtio_blk mmc_block\nEOF\n" in hook
+    assert hook.index("hooks/pibake-drivers") < hook.index("update-initramfs -c")
     assert 'CONSOLES="tty0 ttyS1,115200"' in hook
     armhf = customize_hook(dataclasses.replace(spec, arch="armhf"))
     assert 'CONSOLES="tty0 ttyAMA0,115200"' in armhf

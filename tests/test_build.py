@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from builder.assemble import read_ext4, read_vfat
+from builder.hostlayer import machine_id
 from tests.conftest import make_mini_project, write
 
 pytestmark = pytest.mark.integration
@@ -88,7 +89,8 @@ def test_image_layout_and_identity(built: dict[str, object], tmp_path: Path) -> 
     assert read_ext4(root, "/etc/web/static.txt") == b"static\n"   # files/ copied
 
     # hygiene
-    assert read_ext4(root, "/etc/machine-id") == b"uninitialized\n"
+    # fixed per host, so systemd sees no first boot and a rebuilt card keeps its id
+    assert read_ext4(root, "/etc/machine-id") == (machine_id("mini", "node-01") + "\n").encode()
     listing = subprocess.run(["debugfs", "-R", "ls /etc/ssh", str(root)], capture_output=True,
                              text=True).stdout
     assert "ssh_host_" not in listing

@@ -10,6 +10,7 @@ import pytest
 
 from builder.cli import main
 from builder.config import load_inventory
+from builder.hostlayer import machine_id
 from tests.conftest import write
 
 
@@ -56,18 +57,18 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("unknown-key-cluster", "profiles/cluster.yaml", "  domain:", "  domian:",
      "profiles/cluster.yaml: cluster.domian: unknown key (known: admin, domain, mirror, name, "
      "timezone); did you mean 'domain'?"),
-    ("duplicate-ip", "profiles/cluster.yaml", "ip: 10.0.2.16", "ip: 10.0.2.15",
-     "profiles/cluster.yaml: nodes.node-02.ip: 10.0.2.15 is already the address of node-01; "
+    ("duplicate-ip", "profiles/cluster.yaml", "ip: 192.168.77.16", "ip: 192.168.77.15",
+     "profiles/cluster.yaml: nodes.node-02.ip: 192.168.77.15 is already the address of node-01; "
      "every node needs its own"),
-    ("bad-ip", "profiles/cluster.yaml", "ip: 10.0.2.16", "ip: 10.0.2.300",
-     "profiles/cluster.yaml: nodes.node-02.ip: '10.0.2.300' is not an IPv4 address; "
+    ("bad-ip", "profiles/cluster.yaml", "ip: 192.168.77.16", "ip: 192.168.77.300",
+     "profiles/cluster.yaml: nodes.node-02.ip: '192.168.77.300' is not an IPv4 address; "
      "write it like 10.20.0.11"),
-    ("ip-outside", "profiles/cluster.yaml", "ip: 10.0.2.16", "ip: 10.0.3.16",
-     "profiles/cluster.yaml: nodes.node-02.ip: 10.0.3.16 is not a host address of network lan "
-     "(10.0.2.0/24); pick one inside it"),
-    ("bad-cidr", "profiles/cluster.yaml", "cidr: 10.0.2.0/24", "cidr: 10.0.2.1/24",
-     "profiles/cluster.yaml: networks.lan.cidr: '10.0.2.1/24' has host bits set; "
-     "did you mean '10.0.2.0/24'?"),
+    ("ip-outside", "profiles/cluster.yaml", "ip: 192.168.77.16", "ip: 192.168.78.16",
+     "profiles/cluster.yaml: nodes.node-02.ip: 192.168.78.16 is not a host address of network lan "
+     "(192.168.77.0/24); pick one inside it"),
+    ("bad-cidr", "profiles/cluster.yaml", "cidr: 192.168.77.0/24", "cidr: 192.168.77.1/24",
+     "profiles/cluster.yaml: networks.lan.cidr: '192.168.77.1/24' has host bits set; "
+     "did you mean '192.168.77.0/24'?"),
     ("bad-hostname", "profiles/cluster.yaml", "node-02: {", "Node_02: {",
      "profiles/cluster.yaml: nodes.Node_02: 'Node_02' is not a valid hostname; use lower-case "
      "letters, digits and '-', at most 63 characters, not starting or ending with '-'"),
@@ -107,8 +108,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "page listens on", "web_port: 8080",
      "layers/web/defaults.yaml: web_port: every default needs a comment saying what it is "
      "(on its line or the line above)"),
-    ("gateway-outside", "profiles/cluster.yaml", "gateway: 10.0.2.2", "gateway: 10.0.9.2",
-     "profiles/cluster.yaml: networks.lan.gateway: 10.0.9.2 is outside 10.0.2.0/24; use an "
+    ("gateway-outside", "profiles/cluster.yaml", "gateway: 192.168.77.2", "gateway: 192.168.79.2",
+     "profiles/cluster.yaml: networks.lan.gateway: 192.168.79.2 is outside 192.168.77.0/24; use an "
      "address in the network"),
 ]
 
@@ -195,15 +196,26 @@ def test_render_writes_every_file(mini: Path, capsys: pytest.CaptureFixture[str]
     assert page.splitlines()[1] == "hello from node-02 (node-01,node-02)"
     assert (dest / "etc/web/static.txt").read_text() == "static\n"
     assert (dest / "etc/hostname").read_text() == "node-02\n"
-    assert "10.0.2.15\tnode-01.mini.lan\tnode-01" in (dest / "etc/hosts").read_text()
+    assert "192.168.77.15\tnode-01.mini.lan\tnode-01" in (dest / "etc/hosts").read_text()
     cmdline = (dest / "boot/firmware/cmdline.txt").read_text()
     assert "root=PARTUUID=" in cmdline and "console=ttyS1,115200" in cmdline
     fstab = (dest / "etc/fstab").read_text()
     root_id = cmdline.split("root=PARTUUID=")[1].split()[0]
     assert f"PARTUUID={root_id}\t/\text4" in fstab
+    # the boot partition is mounted on first use: booting never waits for it
+    assert "\t/boot/firmware\tvfat\tdefaults,x-systemd.automount\t0\t2\n" in fstab
+    assert (dest / "etc/machine-id").read_text() == machine_id("mini", "node-02") + "\n"
+    units = dest / "etc/systemd/system"
+    assert (units / "systemd-firstboot.service").readlink() == Path("/dev/null")
+    assert (units / "multi-user.target.wants/pibake-ssh-host-keys.service").is_symlink()
+    assert (units / "sysinit.target.wants/systemd-network-generator.service").readlink() == Path(
+        "/lib/systemd/system/systemd-network-generator.service")
+    sshd = (dest / "etc/ssh/sshd_config.d/10-pibake.conf").read_text()
+    assert sshd.endswith("HostKey /etc/ssh/ssh_host_ed25519_key\n"
+                         "HostKey /etc/ssh/ssh_host_ecdsa_key\n")
     assert (dest / "etc/sudoers.d/10-pibake-admin").stat().st_mode & 0o777 == 0o440
     assert (dest / "usr/local/sbin/pibake-firstboot").stat().st_mode & 0o111
-    assert out == f"node-02: 28 files written to {dest}\n"
+    assert out == f"node-02: 31 files written to {dest}\n"
 
 
 def test_render_refuses_non_empty_folder(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -212,3 +224,19 @@ def test_render_refuses_non_empty_folder(mini: Path, capsys: pytest.CaptureFixtu
     code, _, err = run_cli(capsys, "-C", str(mini), "render", "node-02", "--to", str(dest))
     assert (code, err) == (2, f"pibake: error: {dest}: folder is not empty; name a new or "
                               "empty folder\n")
+
+
+def test_machine_ids_are_fixed_per_host_and_shaped_like_systemds() -> None:
+    one = machine_id("rpi-cluster", "compute-01")
+    assert one == machine_id("rpi-cluster", "compute-01")
+    ids = {machine_id(c, h) for c in ("rpi-cluster", "other") for h in ("compute-01", "compute-02")}
+    assert len(ids) == 4
+    assert len(one) == 32 and int(one, 16) and one == one.lower()
+    assert one[12] == "4" and one[16] in "89ab"                    # a v4 UUID's bits
+
+
+def test_boot_lan_needs_virt(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "-C", str(mini), "boot", "node-01", "--machine", "raspi3b",
+                           "--lan", "41000")
+    assert (code, err) == (6, "pibake: error: --lan 41000: the raspi3b model has one USB NIC on "
+                              "QEMU's user network; use --machine virt to join a LAN\n")

@@ -353,7 +353,11 @@ def boot_image(
             lan=lan,
             mgmt_mac=mac_for(f"{host}/mgmt"),
         )
-        with Vm(spec) as vm:
+        # The guest is powered off cleanly (QMP system_powerdown). QEMU's raspi3b
+        # has no power button: it would wait out the timeout, so when its
+        # overlay is temporary anyway QEMU is simply stopped.
+        no_button = machine is Machine.raspi3b and overlay is None and not keep
+        with Vm(spec, powerdown_timeout=0 if no_button else 60) as vm:
             seconds, progress = watch_console(vm, host, timeout)
             result = BootResult(
                 host=host,

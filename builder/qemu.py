@@ -262,7 +262,8 @@ class Vm:
             unregister(self.proc)
             return
         try:
-            if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
+            if self.powerdown_timeout > 0 and (
+                    exc_type is None or not issubclass(exc_type, KeyboardInterrupt)):
                 self.powerdown(self.powerdown_timeout)
         finally:
             kill_group(self.proc)

@@ -376,7 +376,9 @@ def test_missing_image_names_the_build_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.boot
-def test_vm_leaves_no_qemu_behind_when_the_guest_ignores_powerdown(tmp_path: Path) -> None:
+@pytest.mark.parametrize("powerdown_timeout", [2, 0])   # 0: stopped without asking the guest
+def test_vm_leaves_no_qemu_behind_when_the_guest_ignores_powerdown(
+        tmp_path: Path, powerdown_timeout: float) -> None:
     # a "kernel" of zeros never handles the power button: the kill fallback must act
     kernel = tmp_path / "zeros"
     kernel.write_bytes(bytes(4096))
@@ -388,7 +390,7 @@ def test_vm_leaves_no_qemu_behind_when_the_guest_ignores_powerdown(tmp_path: Pat
         disk=overlay, kernel=kernel, initrd=None, console_log=tmp_path / "console.log",
         qmp_socket=sock_dir / "qmp.sock", ssh_port=qemu.free_port(),
     )  # fmt: skip
-    vm = qemu.Vm(vm_spec, powerdown_timeout=2)
+    vm = qemu.Vm(vm_spec, powerdown_timeout=powerdown_timeout)
     with vm:
         deadline = time.monotonic() + 10
         while not (sock_dir / "qmp.sock").exists() and time.monotonic() < deadline:

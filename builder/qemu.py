@@ -14,6 +14,7 @@ image itself is opened read-only as the backing file and never modified.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -187,7 +188,9 @@ def probe_kvm(arch: Arch) -> bool:
     return proc.returncode == 0
 
 
+@functools.cache
 def choose_accel(arch: Arch) -> str:
+    """Once per process and architecture: a group of VMs gets one notice."""
     accel, notice = pick_accel(
         platform.machine(), arch, os.path.exists("/dev/kvm"), lambda: probe_kvm(arch)
     )

@@ -6,7 +6,6 @@ armmp kernel, its modules in the overlay and the image untouched."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from builder.errors import BootError
 from builder.kernels import build_kit, wanted
 from builder.qemu import Arch
 from tests.conftest import make_mini_project, write
+from tests.vm import build
 
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
@@ -141,9 +141,7 @@ def test_userland_arch_refuses_a_non_arm_user_space(tmp_path: Path) -> None:
 @pytest.mark.boot
 def test_pi1_image_boots_on_virt_with_the_armmp_kit(tmp_path: Path) -> None:
     project = make_mini_project(tmp_path / "proj", model="pi1")
-    built = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), "build",
-                            "node-01"], capture_output=True, text=True, timeout=3600)
-    assert built.returncode == 0, built.stderr
+    build(project, "node-01")
     image = project / "output/node-01.img"
     names = boot.list_fat(image, boot.boot_partition(image, boot.disk_layout(image)))
     assert boot.pick_kernel(image, names) is None  # only the rpi flavour is there

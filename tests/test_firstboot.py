@@ -191,6 +191,8 @@ def test_units_use_only_options_known_to_systemd_232(unit: str) -> None:
         "Documentation",
         "After",
         "Before",
+        "DefaultDependencies",
+        "Conflicts",
         "Type",
         "RemainAfterExit",
         "ExecStart",
@@ -209,6 +211,10 @@ def test_runner_unit_retries_and_reports_on_the_console() -> None:
     assert "Type=simple" in unit  # Restart= for oneshot needs systemd >= 244
     assert "Restart=on-failure" in unit
     assert "StandardOutput=journal+console" in unit
+    # early, but after the mounts and tmpfiles, and stopped for shutdown
+    assert "DefaultDependencies=no" in unit
+    assert "After=local-fs.target systemd-tmpfiles-setup.service" in unit
+    assert "Conflicts=shutdown.target" in unit and "Before=shutdown.target" in unit
 
 
 def test_host_keys_unit_runs_the_step_before_sshd() -> None:

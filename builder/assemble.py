@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from builder.cache import atomic_file
-from builder.errors import BuildError
+from builder.errors import BuildError, NoSpaceError
 from builder.run import run, which
 
 MiB = 1 << 20
@@ -685,8 +685,8 @@ def assemble_disk(
             _copy_sparse(root, fd, layout.root_start)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise BuildError(f"{out}: no space left on device; free some space and build "
-                                 "again") from None
+                raise NoSpaceError(f"{out}: no space left on device; free some space and build "
+                                   "again") from None
             raise BuildError(f"{out}: writing the disk image failed: {exc.strerror}") from None
         finally:
             os.close(fd)

@@ -36,6 +36,10 @@ class BuildError(PibakeError):
     exit_code = 5
 
 
+class NoSpaceError(BuildError):
+    """A disk filled up while a build wrote to it; callers may name the folder."""
+
+
 class BootError(PibakeError):
     """A boot test failed: a first-boot step failed or the VM timed out."""
 

@@ -36,7 +36,7 @@ from builder.assemble import (
 )
 from builder.bases import Base, BaseKind
 from builder.config import Inventory
-from builder.errors import BuildError
+from builder.errors import BuildError, NoSpaceError
 from builder.hostlayer import RoleFacts, disk_id, host_delta
 from builder.layers import Layer
 from builder.outputs import Compression, compress, image_mode, write_checksums, write_manifest
@@ -344,11 +344,9 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
     cache.clean_stale(out_dir)
     try:
         sha = _host_stage(inv, host, out_dir, compression, base, role, cached)
-    except BuildError as exc:
-        if "no space left on device" in str(exc).lower():
-            raise BuildError(f"{out_dir}: no space left on device while writing {host}.img; "
-                             "free some space and build again") from None
-        raise
+    except NoSpaceError:
+        raise NoSpaceError(f"{out_dir}: no space left on device while writing {host}.img; "
+                           "free some space and build again") from None
     return BuildResult(out_dir / f"{host}.img", sha, cached, time.monotonic() - start)
 
 

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from builder.errors import BuildError, PreflightError
+from builder.errors import BuildError, NoSpaceError, PreflightError
 
 _children: set[subprocess.Popen[bytes]] = set()
 
@@ -66,7 +66,8 @@ def run(
         tail = " | ".join(_telling_lines(err.decode(errors="replace")))
         label = what or Path(args[0]).name
         if "No space left on device" in tail:
-            raise BuildError(f"{label}: no space left on device; free some space and build again")
+            raise NoSpaceError(f"{label}: no space left on device; free some space and build "
+                               "again")
         raise BuildError(f"{label} failed (exit {proc.returncode}): {tail or 'no output'}")
     return subprocess.CompletedProcess(args, proc.returncode, out or b"", err or b"")
 

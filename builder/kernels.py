@@ -6,8 +6,8 @@ Raspbian's kernel*.img and Debian's ``rpi`` flavour (Pi 1/Zero) do not boot on
 QEMU's ``-M virt``. For those images ``pibake boot`` uses a Debian generic
 kernel that runs the same user space: armmp for 32-bit (armel and armhf) and
 arm64 for 64-bit. The kit is taken from pibake's own cached bootstrap of the
-matching family (pi2: armhf + armmp, pi3: arm64), whose initrd was built with
-MODULES=list (virtio, ext4, vfat), so no new initrd is made here.
+matching family (pi2: armhf + armmp, pi3: arm64), whose initrd already holds
+the virtio and ext4 drivers (see builder.bootstrap), so no new initrd is made here.
 
 Only the modules a ``-M virt`` guest can use go into the kit (file systems,
 networking, crypto, virtio, block, md, virtual network devices; input, GPIO

@@ -137,6 +137,20 @@ class Inventory:
         merged.update(profile.vars)
         return merged
 
+    def var_origin(self, host: str, key: str) -> str:
+        """Where ``key``'s value for ``host`` is set, as an error message starts:
+        ``profiles/compute-01.yaml: vars.KEY`` (host file, then cluster.yaml,
+        then the last selected layer that declares it)."""
+        profile = self.profile(host)
+        if key in profile.vars:
+            return f"{profile.shown}: vars.{key}"
+        if key in self.cluster.vars:
+            return f"profiles/cluster.yaml: vars.{key}"
+        for name in reversed(profile.layers):
+            if key in self.layers[name].defaults:
+                return f"{self.layers[name].shown}/defaults.yaml: {key}"
+        return key
+
     def groups(self) -> dict[str, list[str]]:
         """Layer name -> hosts whose profile selects it (inventory order)."""
         result: dict[str, list[str]] = {name: [] for name in self.layers}

@@ -90,6 +90,13 @@ def render_layer(inv: Inventory, host: str, layer: Layer,
         return []
     ctx = context(inv, host) if ctx is None else ctx
     env = _env(layer)
+
+    def invalid(name: str, why: str) -> str:
+        """For templates that check their variables: stop with one line naming
+        where the value is set, e.g. {{ invalid("x_port", "is not a port; use 1-65535") }}."""
+        raise ConfigError(f"{inv.var_origin(host, name)}: {ctx.get(name)!r} {why}")
+
+    env.globals["invalid"] = invalid
     out = []
     for item in layer.templates:
         rel = item.src.relative_to(layer.path / "templates").as_posix()

@@ -240,3 +240,32 @@ def test_boot_lan_needs_virt(mini: Path, capsys: pytest.CaptureFixture[str]) -> 
                            "--lan", "41000")
     assert (code, err) == (6, "pibake: error: --lan 41000: the raspi3b model has one USB NIC on "
                               "QEMU's user network; use --machine virt to join a LAN\n")
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "origin", "shown"),
+    [
+        ("profiles/node-01.yaml",
+         "base: debian-bookworm\nlayers: [base, web]\n"
+         "vars:\n  base_ssh_host_key_types: [ed25519, dsa]\n",
+         "profiles/node-01.yaml: vars.base_ssh_host_key_types", "['ed25519', 'dsa']"),
+        ("profiles/cluster.yaml", None,
+         "profiles/cluster.yaml: vars.base_ssh_host_key_types", "'ed25519'"),
+    ],
+)
+def test_bad_host_key_types_stop_the_build_naming_where_they_are_set(
+        mini: Path, capsys: pytest.CaptureFixture[str], where: str, text: str | None,
+        origin: str, shown: str) -> None:
+    path = mini / where
+    path.write_text(text if text is not None
+                    else path.read_text() + "vars:\n  base_ssh_host_key_types: ed25519\n")
+    code, _, err = run_cli(capsys, "-C", str(mini), "build", "node-01")
+    assert (code, err) == (2, f"pibake: error: {origin}: {shown} is not a list of SSH host key "
+                              "types; use a list of ed25519, ecdsa, rsa, e.g. [ed25519, ecdsa]\n")
+    assert not (mini / "output").exists()
+
+
+def test_var_origin_falls_back_to_the_layer_default(mini: Path) -> None:
+    inv = load_inventory(mini)
+    assert inv.var_origin("node-01", "base_ssh_host_key_types") == (
+        "layers/base/defaults.yaml: base_ssh_host_key_types")

@@ -43,6 +43,9 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +64,7 @@ from builder.qemu import (
     mac_for,
     short_tmpdir,
 )
-from builder.run import run, which
+from builder.run import kill_group, run, which
 
 MARKER = "pibake-firstboot: "
 TAIL_LINES = 20
@@ -303,6 +306,44 @@ class ConsoleWatch:
 # -- the engine ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NodeBoot:
+    """One VM of a group: which image, as which host, with which NIC MAC."""
+
+    host: str
+    image: Path
+    mac: str | None = None
+
+
+def _vm_spec(node: NodeBoot, workdir: Path, disk: Path, tmp: Path, *, machine: Machine,
+             ssh_port: int | None, lan: LanSpec | None, extra_cmdline: tuple[str, ...],
+             smp: int, memory_mib: int) -> VmSpec:
+    """Boot files out of the image, the overlay, and the VM's spec."""
+    if not node.image.is_file():
+        raise BootError(f"{node.image}: no such image; build it first: pibake build {node.host}")
+    files = extract_boot_files(node.image, workdir, machine, extra_cmdline)
+    if not disk.exists():
+        prepare_overlay(node.image, disk, files)
+    return VmSpec(
+        disk=disk,
+        kernel=files.kernel,
+        initrd=files.initrd,
+        dtb=files.dtb,
+        append=files.cmdline,
+        console_log=workdir / "console.log",
+        qmp_socket=tmp / "qmp.sock",
+        ssh_port=ssh_port or free_port(),
+        mac=node.mac or mac_for(node.host),
+        arch=files.arch,
+        machine=machine,
+        smp=smp,
+        memory_mib=memory_mib,
+        accel=choose_accel(files.arch) if machine is Machine.virt else "tcg",
+        lan=lan,
+        mgmt_mac=mac_for(f"{node.host}/mgmt"),
+    )
+
+
 def boot_image(
     image: Path,
     *,
@@ -331,28 +372,10 @@ def boot_image(
         workdir.mkdir(parents=True, exist_ok=True)
         disk = overlay
     try:
-        files = extract_boot_files(image, workdir, machine, extra_cmdline)
-        if not disk.exists():
-            prepare_overlay(image, disk, files)
-        port = ssh_port or free_port()
-        spec = VmSpec(
-            disk=disk,
-            kernel=files.kernel,
-            initrd=files.initrd,
-            dtb=files.dtb,
-            append=files.cmdline,
-            console_log=workdir / "console.log",
-            qmp_socket=tmp / "qmp.sock",
-            ssh_port=port,
-            mac=mac or mac_for(host),
-            arch=files.arch,
-            machine=machine,
-            smp=smp,
-            memory_mib=memory_mib,
-            accel=choose_accel(files.arch) if machine is Machine.virt else "tcg",
-            lan=lan,
-            mgmt_mac=mac_for(f"{host}/mgmt"),
-        )
+        spec = _vm_spec(NodeBoot(host, image, mac), workdir, disk, tmp, machine=machine,
+                        ssh_port=ssh_port, lan=lan, extra_cmdline=extra_cmdline, smp=smp,
+                        memory_mib=memory_mib)
+        port = spec.ssh_port
         # A kept overlay is powered off cleanly (QMP system_powerdown), so it can
         # boot again. A throwaway overlay is deleted right after: QEMU is simply
         # stopped (a clean shutdown cost 60 of `make boot`'s 87 s of wall time).
@@ -381,6 +404,66 @@ def boot_image(
         shutil.rmtree(tmp, ignore_errors=True)
         if overlay is None and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class GroupVm:
+    """A running VM of a group: its first-boot result and the handle to stop it."""
+
+    host: str
+    vm: Vm
+    result: BootResult
+
+    def peak_memory_mib(self) -> float | None:
+        return self.vm.peak_memory_mib()
+
+    def stop(self) -> None:
+        """Stop this VM at once (a node dying); its overlay is thrown away."""
+        if self.vm.proc is not None:
+            kill_group(self.vm.proc)
+
+
+@contextmanager
+def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec, timeout: float = 900,
+               smp: int = 1, memory_mib: int = 512) -> Iterator[dict[str, GroupVm]]:
+    """Boot several images together on one virtual LAN, each on a throwaway
+    overlay, and wait with one deadline until every first boot is done.
+
+    Yields the running VMs by host; every VM is stopped and reaped when the
+    block ends, whether it succeeds, fails or is interrupted. A node whose first
+    boot fails (or misses the deadline) fails the whole group with its own line.
+    """
+    with ExitStack() as stack:
+        vms: dict[str, Vm] = {}
+        for node in nodes:
+            workdir = Path(tempfile.mkdtemp(prefix=f"pibake-boot-{node.host}-"))
+            stack.callback(shutil.rmtree, workdir, True)
+            tmp = short_tmpdir()
+            stack.callback(shutil.rmtree, tmp, True)
+            spec = _vm_spec(node, workdir, workdir / "overlay.qcow2", tmp,
+                            machine=Machine.virt, ssh_port=None, lan=lan, extra_cmdline=(),
+                            smp=smp, memory_mib=memory_mib)
+            vms[node.host] = stack.enter_context(Vm(spec, powerdown_timeout=0))
+        deadline = time.monotonic() + timeout
+        with ThreadPoolExecutor(max_workers=len(vms)) as pool:
+            futures = {host: pool.submit(watch_console, vm, host, deadline - vm.started)
+                       for host, vm in vms.items()}
+            errors = []
+            done: dict[str, GroupVm] = {}
+            for host, fut in futures.items():
+                try:
+                    seconds, progress = fut.result()
+                except BootError as exc:
+                    errors.append(str(exc))
+                    continue
+                vm = vms[host]
+                done[host] = GroupVm(host, vm, BootResult(
+                    host=host, seconds=seconds, progress=progress, ssh_port=vm.spec.ssh_port,
+                    overlay=None, pid=vm.pid, peak_memory_mib=vm.peak_memory_mib()))
+        if errors:
+            raise BootError(errors[0] + (f" (and {len(errors) - 1} more nodes failed)"
+                                         if len(errors) > 1 else ""))
+        yield done
 
 
 def prepare_overlay(image: Path, disk: Path, files: BootFiles) -> None:

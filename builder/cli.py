@@ -99,7 +99,7 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
 
 
 @cli.command()
-@click.argument("host")
+@click.argument("hosts", nargs=-1, required=True)
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Image to boot (default: <project>/output/HOST.img).")
 @click.option("--machine", type=click.Choice(["virt", "raspi3b"]), default="virt",
@@ -112,27 +112,55 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
               help="Put the node's NIC on a virtual LAN shared by every VM started with the "
                    "same PORT (multicast on 127.0.0.1); virt only.")
 @click.pass_context
-def boot(ctx: click.Context, host: str, image: Path | None, machine: str, timeout: float,
-         keep: bool, ssh_port: int | None, lan_port: int | None) -> None:
+def boot(ctx: click.Context, hosts: tuple[str, ...], image: Path | None, machine: str,
+         timeout: float, keep: bool, ssh_port: int | None, lan_port: int | None) -> None:
     """Boot HOST's image under QEMU (copy-on-write; the image is never changed)
-    and wait until its first-boot steps report done."""
+    and wait until its first-boot steps report done. Several HOSTs boot together
+    on one virtual LAN and are stopped once every one of them is done."""
     from builder.boot import boot_image
     from builder.qemu import LanSpec, Machine
 
     inv = _inventory(ctx)
-    node = inv.node(inv.profile(host).host)
+    nodes = {host: inv.node(inv.profile(host).host) for host in hosts}
     if lan_port and machine != "virt":
         raise BootError(f"--lan {lan_port}: the raspi3b model has one USB NIC on QEMU's user "
                         "network; use --machine virt to join a LAN")
+    if len(hosts) > 1:
+        _boot_group(ctx, hosts, {h: n.mac for h, n in nodes.items()}, machine=machine,
+                    timeout=timeout, keep=keep, image=image, ssh_port=ssh_port,
+                    lan_port=lan_port)
+        return
+    host = hosts[0]
     result = boot_image(
         image or _project(ctx) / "output" / f"{host}.img", host=host, machine=Machine(machine),
         timeout=timeout, keep=keep, ssh_port=ssh_port,
-        lan=LanSpec(lan_port) if lan_port else None, mac=node.mac,
+        lan=LanSpec(lan_port) if lan_port else None, mac=nodes[host].mac,
         ssh_user=inv.cluster.admin.user)
     peak = f", qemu peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
     click.echo(f"{host}: first boot done in {result.seconds:.1f}s{peak}")
     if keep and result.ssh_command:
         click.echo(f"{host}: running (pid {result.pid}); ssh: {result.ssh_command}")
+
+
+def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str | None], *,
+                machine: str, timeout: float, keep: bool, image: Path | None,
+                ssh_port: int | None, lan_port: int | None) -> None:
+    from builder.boot import NodeBoot, boot_group
+    from builder.qemu import LanSpec, free_udp_port
+
+    for flag, used in (("--keep", keep), ("--image", image), ("--ssh-port", ssh_port),
+                       ("--machine raspi3b", machine != "virt")):
+        if used:
+            raise BootError(f"{flag}: works with one host; boot {', '.join(hosts)} one by one "
+                            "or drop the option")
+    lan = LanSpec(lan_port or free_udp_port())
+    group = [NodeBoot(h, _project(ctx) / "output" / f"{h}.img", macs[h]) for h in hosts]
+    with boot_group(group, lan=lan, timeout=timeout) as vms:
+        for host in hosts:
+            res = vms[host].result
+            peak = f", qemu peak memory {res.peak_memory_mib:.0f} MiB" \
+                if res.peak_memory_mib else ""
+            click.echo(f"{host}: first boot done in {res.seconds:.1f}s{peak}")
 
 
 @cli.command()

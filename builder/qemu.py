@@ -99,6 +99,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    """A free UDP port on 127.0.0.1 for a virtual LAN of its own."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def qemu_argv(spec: VmSpec) -> list[str]:
     argv = [qemu_binary(spec.arch)]
     if spec.machine is Machine.virt:

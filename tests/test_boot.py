@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -400,3 +401,26 @@ def test_vm_leaves_no_qemu_behind_when_the_guest_ignores_powerdown(
     assert vm.exited() is not None
     assert not Path(f"/proc/{pid}").exists()
     shutil.rmtree(sock_dir)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keep"], "--keep: works with one host"),
+    (["--ssh-port", "2222"], "--ssh-port: works with one host"),
+    (["--machine", "raspi3b"], "--machine raspi3b: works with one host"),
+])
+def test_group_boot_refuses_single_vm_options(mini: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", "from builder.cli import main; main()", "-C",
+                           str(mini), "boot", "node-01", "node-02", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == BootError.exit_code, proc.stderr
+    assert proc.stderr == (f"pibake: error: {message}; boot node-01, node-02 one by one or "
+                           "drop the option\n")
+
+
+def test_group_with_a_missing_image_names_the_build_command(mini: Path) -> None:
+    group = boot.boot_group([boot.NodeBoot("node-01", mini / "output/node-01.img")],
+                            lan=LanSpec(5000))
+    with pytest.raises(BootError) as err, group:
+        pass
+    assert str(err.value) == (f"{mini}/output/node-01.img: no such image; build it first: "
+                              "pibake build node-01")

@@ -56,14 +56,14 @@ def make_project(root: Path, model: str) -> Path:
 
 def timed_boot(image: Path, host: str) -> tuple[float, float | None]:
     """(seconds from QEMU start to done, QEMU's peak memory in MiB)."""
-    from builder.boot import boot_image
+    from builder.vm.boot import boot_image
 
     result = boot_image(image, host=host, timeout=1800)
     return result.seconds, result.peak_memory_mib
 
 
 def boot_part(project: Path, out: Path, cache: str | None) -> list[str]:
-    from builder.config import load_inventory
+    from builder.inventory.config import load_inventory
     from builder.pipeline import build_image
 
     if cache is None:
@@ -88,7 +88,7 @@ def boot_part(project: Path, out: Path, cache: str | None) -> list[str]:
 
 
 def timed_build(project: Path, host: str, out: Path) -> float:
-    from builder.config import load_inventory
+    from builder.inventory.config import load_inventory
     from builder.pipeline import build_image
 
     start = time.monotonic()

@@ -23,7 +23,7 @@ def _project(ctx: click.Context) -> Path:
 
 
 def _inventory(ctx: click.Context):  # type: ignore[no-untyped-def]
-    from builder.config import load_inventory
+    from builder.inventory.config import load_inventory
 
     return load_inventory(_project(ctx))
 
@@ -45,7 +45,7 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Validate every profile, layer and template without touching an image."""
-    from builder.render import render_host
+    from builder.content.render import render_host
 
     inv = _inventory(ctx)
     count = 0
@@ -62,7 +62,7 @@ def check(ctx: click.Context) -> None:
 @click.pass_context
 def render(ctx: click.Context, host: str, dest: Path) -> None:
     """Write every file HOST's layers and host layer put into the image, for review."""
-    from builder.review import render_to
+    from builder.content.review import render_to
 
     inv = _inventory(ctx)
     written = render_to(inv, host, dest)
@@ -81,7 +81,7 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
           compression: str) -> None:
     """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
     from builder.errors import ConfigError
-    from builder.outputs import Compression
+    from builder.image.outputs import Compression
     from builder.pipeline import build_image
 
     inv = _inventory(ctx)
@@ -117,8 +117,8 @@ def boot(ctx: click.Context, hosts: tuple[str, ...], image: Path | None, machine
     """Boot HOST's image under QEMU (copy-on-write; the image is never changed)
     and wait until its first-boot steps report done. Several HOSTs boot together
     on one virtual LAN and are stopped once every one of them is done."""
-    from builder.boot import boot_image
-    from builder.qemu import LanSpec, Machine
+    from builder.vm.boot import boot_image
+    from builder.vm.qemu import LanSpec, Machine
 
     inv = _inventory(ctx)
     nodes = {host: inv.node(inv.profile(host).host) for host in hosts}
@@ -145,8 +145,8 @@ def boot(ctx: click.Context, hosts: tuple[str, ...], image: Path | None, machine
 def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str | None], *,
                 machine: str, timeout: float, keep: bool, image: Path | None,
                 ssh_port: int | None, lan_port: int | None) -> None:
-    from builder.boot import NodeBoot, boot_group
-    from builder.qemu import LanSpec, free_udp_port
+    from builder.vm.boot import NodeBoot, boot_group
+    from builder.vm.qemu import LanSpec, free_udp_port
 
     for flag, used in (("--keep", keep), ("--image", image), ("--ssh-port", ssh_port),
                        ("--machine raspi3b", machine != "virt")):

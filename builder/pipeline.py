@@ -27,20 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, cache, log
-from builder.assemble import (
+from builder.content.hostlayer import RoleFacts, disk_id, host_delta
+from builder.content.render import render_host
+from builder.errors import BuildError, NoSpaceError
+from builder.image.assemble import (
     assemble_disk,
     ext4_size_for,
     make_ext4,
     make_vfat,
     partuuid,
 )
-from builder.bases import Base, BaseKind
-from builder.config import Inventory
-from builder.errors import BuildError, NoSpaceError
-from builder.hostlayer import RoleFacts, disk_id, host_delta
-from builder.layers import Layer
-from builder.outputs import Compression, compress, image_mode, write_checksums, write_manifest
-from builder.render import render_host
+from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
+from builder.inventory.bases import Base, BaseKind
+from builder.inventory.config import Inventory
+from builder.inventory.layers import Layer
 from builder.run import run, which
 
 RECIPE_VERSION = 1  # bump when a stage's recipe changes what it produces
@@ -114,14 +114,14 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
 
 
 def bootstrap_base(base: Base, model: str, arch: str, mirror: str | None) -> BaseArtifact:
-    from builder.bootstrap import bootstrap_rootfs, spec_for, spec_key
+    from builder.emulate.bootstrap import bootstrap_rootfs, spec_for, spec_key
 
     spec = spec_for(model, base.suite, (), mirror)
     key = spec_key(spec)
     folder = cache.cache_dir() / "rootfs" / key
     meta = _read_meta(folder)
     if meta is None:
-        from builder.chroot import preflight_emulation
+        from builder.emulate.chroot import preflight_emulation
 
         preflight_emulation(arch)
         with log.step(f"bootstrap {base.name} {arch} ({spec.kernel})"), \
@@ -136,8 +136,8 @@ def bootstrap_base(base: Base, model: str, arch: str, mirror: str | None) -> Bas
 
 
 def _image_base(base: Base, arch: str) -> BaseArtifact:
-    from builder.download import fetch
-    from builder.guestfs_io import extract_image
+    from builder.image.download import fetch
+    from builder.image.guestfs_io import extract_image
 
     assert base.url is not None and base.sha256 is not None
     key = cache.key_of("image-base", RECIPE_VERSION, base.sha256)
@@ -238,7 +238,7 @@ def copy_layer_files(layer: Layer, tree: Path) -> None:
 
 
 def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> dict[str, Any]:
-    from builder.chroot import EmulatedChroot, dpkg_versions, preflight_emulation
+    from builder.emulate.chroot import EmulatedChroot, dpkg_versions, preflight_emulation
 
     preflight_emulation(base.arch)
     profile = inv.profile(host)

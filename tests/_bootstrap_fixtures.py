@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.bases import CATALOG
-from builder.bootstrap import BootstrapSpec, spec_for
+from builder.emulate.bootstrap import BootstrapSpec, spec_for
+from builder.inventory.bases import CATALOG
 from builder.pipeline import bootstrap_base
 from builder.run import run
 

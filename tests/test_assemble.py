@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import assemble
-from builder.assemble import (
+from builder.errors import BuildError
+from builder.image import assemble
+from builder.image.assemble import (
     Entry,
     MiB,
     assemble_disk,
@@ -29,7 +30,6 @@ from builder.assemble import (
     write_ext4,
     write_vfat,
 )
-from builder.errors import BuildError
 
 UUID = "0b0e5c1a-7c3d-4e5f-8a9b-0c1d2e3f4a5b"
 # security.capability, revision 2, permitted+effective cap_net_raw (bit 13).

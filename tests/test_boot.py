@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import boot, qemu
-from builder.boot import ConsoleWatch, boot_image, pick_kernel, virt_cmdline, watch_console
 from builder.cache import sha256_file
 from builder.errors import BootError
-from builder.qemu import (
+from builder.vm import boot, qemu
+from builder.vm.boot import ConsoleWatch, boot_image, pick_kernel, virt_cmdline, watch_console
+from builder.vm.qemu import (
     VIRT_CMDLINE,
     Arch,
     LanSpec,

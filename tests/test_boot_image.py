@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import boot_image
 from builder.cache import sha256_file
+from builder.content.hostlayer import machine_id
 from builder.errors import BootError
-from builder.hostlayer import machine_id
-from builder.qemu import Machine
+from builder.vm.boot import boot_image
+from builder.vm.qemu import Machine
 from tests.conftest import write
 from tests.vm import build, keyed_project, ssh, stop
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import NodeBoot, boot_group
-from builder.qemu import LanSpec, free_udp_port, mac_for
+from builder.vm.boot import NodeBoot, boot_group
+from builder.vm.qemu import LanSpec, free_udp_port, mac_for
 from tests.vm import build, keyed_project, ssh
 
 pytestmark = pytest.mark.boot

@@ -1,5 +1,5 @@
 """Booting images whose kernel only runs on Pi hardware: the generic kernel kit
-(builder.kernels), telling the user space's architecture, and (marker ``boot``)
+(builder.vm.kernels), telling the user space's architecture, and (marker ``boot``)
 a Pi 1 node (Debian armel + linux-image-rpi) booted on -M virt with Debian's
 armmp kernel, its modules in the overlay and the image untouched."""
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import boot
-from builder.boot import boot_image
 from builder.cache import sha256_file
 from builder.errors import BootError
-from builder.kernels import build_kit, wanted
-from builder.qemu import Arch
+from builder.vm import boot
+from builder.vm.boot import boot_image
+from builder.vm.kernels import build_kit, wanted
+from builder.vm.qemu import Arch
 from tests.conftest import make_mini_project, write
 from tests.vm import build
 
@@ -156,8 +156,8 @@ def test_pi1_image_boots_on_virt_with_the_armmp_kit(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_add_tree_writes_the_overlay_only(tmp_path: Path) -> None:
-    from builder.guestfs_io import add_tree, open_image
-    from builder.qemu import create_overlay
+    from builder.image.guestfs_io import add_tree, open_image
+    from builder.vm.qemu import create_overlay
 
     # /lib -> usr/lib as in a merged-/usr root: the tree must land in usr/lib/modules
     image = image_with_root(tmp_path / "n.img", {"usr/lib/modules/.keep": b""})

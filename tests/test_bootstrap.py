@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from _bootstrap_fixtures import arm64_base_tar  # noqa: F401
 
-from builder.bootstrap import (
+from builder.emulate.bootstrap import (
     BASE_PACKAGES,
     DEFAULT_MODULES,
     PI_FAMILIES,
@@ -171,7 +171,7 @@ def test_no_host_sources(tmp_path: Path) -> None:
 
 
 def test_no_archive_host_name_in_code() -> None:
-    source = (Path(__file__).parents[1] / "builder/bootstrap.py").read_text()
+    source = (Path(__file__).parents[1] / "builder/emulate/bootstrap.py").read_text()
     assert "debian.org" not in source
 
 

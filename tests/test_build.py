@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.assemble import read_ext4, read_vfat
-from builder.hostlayer import machine_id
+from builder.content.hostlayer import machine_id
+from builder.image.assemble import read_ext4, read_vfat
 from tests.conftest import make_mini_project, write
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fixtures_raspbian import LD_SO_PRELOAD, make_raspbian_fixture, zip_fixture
 
-from builder.assemble import read_ext4, read_vfat
+from builder.image.assemble import read_ext4, read_vfat
 from tests.conftest import write
 from tests.test_build import extract, partitions
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _bootstrap_fixtures import arm64_base_tar, arm64_tree  # noqa: F401
 
-from builder.chroot import EmulatedChroot, dpkg_versions, mounts_under, preflight_emulation
+from builder.emulate.chroot import EmulatedChroot, dpkg_versions, mounts_under, preflight_emulation
 from builder.errors import BuildError, ConfigError, PreflightError
 
 ENTRY = """enabled

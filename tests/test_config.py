@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from builder.config import load_inventory
-from builder.hostlayer import machine_id
+from builder.content.hostlayer import machine_id
+from builder.inventory.config import load_inventory
 from tests.conftest import write
 
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 from fixtures_raspbian import make_raspbian_fixture, zip_fixture
 
-from builder import download
-from builder.download import fetch
 from builder.errors import DownloadError
+from builder.image import download
+from builder.image.download import fetch
 
 NAME = "raspbian-stretch-lite"
 

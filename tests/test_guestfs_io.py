@@ -17,7 +17,7 @@ from fixtures_raspbian import (
 )
 
 from builder.errors import BuildError
-from builder.guestfs_io import (
+from builder.image.guestfs_io import (
     ImageLayout,
     extract_image,
     fstab_boot_mount,

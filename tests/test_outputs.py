@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import outputs
 from builder.errors import BuildError
-from builder.outputs import (
+from builder.image import outputs
+from builder.image.outputs import (
     Compression,
     compress,
     image_mode,

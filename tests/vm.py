@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from builder.boot import ssh_argv
+from builder.vm.boot import ssh_argv
 from tests.conftest import make_mini_project
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import jinja2
 
-from builder.config import Inventory
 from builder.errors import ConfigError
-from builder.layers import Layer
+from builder.inventory.config import Inventory
+from builder.inventory.layers import Layer
 
 HEADER_EXEMPT_SUFFIXES = (".json",)  # formats without comments
 

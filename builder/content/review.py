@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from builder.config import Inventory
+from builder.content.hostlayer import RoleFacts, host_delta
 from builder.errors import ConfigError
-from builder.hostlayer import RoleFacts, host_delta
+from builder.inventory.config import Inventory
 
 
 def render_to(inv: Inventory, host: str, dest: Path) -> int:

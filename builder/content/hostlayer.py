@@ -16,13 +16,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.assemble import Entry, partuuid
-from builder.bases import Base, Model
-from builder.config import Inventory
+from builder.content.render import Rendered, render_host
 from builder.errors import ConfigError
-from builder.render import Rendered, render_host
+from builder.image.assemble import Entry, partuuid
+from builder.inventory.bases import Base, Model
+from builder.inventory.config import Inventory
 
-FIRSTBOOT_DIR = Path(__file__).resolve().parent.parent / "firstboot"
+FIRSTBOOT_DIR = Path(__file__).resolve().parents[2] / "firstboot"
 STEPS_DEST = "/usr/local/lib/pibake/firstboot.d"
 STATUS_FILE = "pibake-firstboot.txt"
 # The boot partition is mounted on first use, so booting never waits for its

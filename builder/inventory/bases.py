@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from builder.bootstrap import PI_FAMILIES
+from builder.emulate.bootstrap import PI_FAMILIES
 
 
 class Model(StrEnum):

@@ -28,7 +28,7 @@ Machines:
   firmware/config.txt; slower, a single TCG thread.
 Images whose kernel only runs on Pi hardware (Raspbian's kernel*.img, Debian's
 ``rpi`` flavour for Pi 1/Zero) boot on ``virt`` with a Debian generic kernel
-that runs their user space (builder.kernels: armmp for 32-bit, arm64 for
+that runs their user space (builder.vm.kernels: armmp for 32-bit, arm64 for
 64-bit, picked from the ELF header of the image's /usr/bin/dpkg). Its initrd
 is the kit's; its modules are written into the overlay's /lib/modules (never
 into the image) before QEMU starts. Exercises the image's user space, fstab,
@@ -51,7 +51,8 @@ from pathlib import Path
 
 from builder import log
 from builder.errors import BootError
-from builder.qemu import (
+from builder.run import kill_group, run, which
+from builder.vm.qemu import (
     VIRT_CMDLINE,
     Arch,
     LanSpec,
@@ -64,7 +65,6 @@ from builder.qemu import (
     mac_for,
     short_tmpdir,
 )
-from builder.run import kill_group, run, which
 
 MARKER = "pibake-firstboot: "
 TAIL_LINES = 20
@@ -253,7 +253,7 @@ def generic_boot_files(
     extra_cmdline: tuple[str, ...],
 ) -> BootFiles:
     """Boot files for an image whose kernel needs Pi hardware: a generic kit."""
-    from builder.kernels import kernel_kit
+    from builder.vm.kernels import kernel_kit
 
     pi_kernels = ", ".join(n for n in names if n.startswith(("vmlinuz-", "kernel")))
     if machine is not Machine.virt:
@@ -472,7 +472,7 @@ def prepare_overlay(image: Path, disk: Path, files: BootFiles) -> None:
     if files.modules is None:
         create_overlay(image, disk)
         return
-    from builder.guestfs_io import add_tree
+    from builder.image.guestfs_io import add_tree
 
     tmp = disk.with_name(f".{disk.name}.tmp")
     tmp.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from builder.errors import ConfigError
-from builder.schema import VAR_RE, Reader, known_list, load_yaml, short, suggest
+from builder.inventory.schema import VAR_RE, Reader, known_list, load_yaml, short, suggest
 
 LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 SCRIPT_RE = re.compile(r"^[0-9]{2}-[A-Za-z0-9][A-Za-z0-9_.-]*\.sh$")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from builder import cache, log
-from builder.chroot import preflight_emulation
+from builder.emulate.chroot import preflight_emulation
 from builder.errors import ConfigError, PreflightError
 from builder.run import run, which
 

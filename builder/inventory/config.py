@@ -38,10 +38,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from builder.bases import CATALOG, Base, BaseKind, Model
 from builder.errors import ConfigError
-from builder.layers import Layer, load_layers
-from builder.schema import (
+from builder.inventory.bases import CATALOG, Base, BaseKind, Model
+from builder.inventory.layers import Layer, load_layers
+from builder.inventory.schema import (
     Reader,
     cidr,
     hostname,

@@ -7,7 +7,7 @@ QEMU's ``-M virt``. For those images ``pibake boot`` uses a Debian generic
 kernel that runs the same user space: armmp for 32-bit (armel and armhf) and
 arm64 for 64-bit. The kit is taken from pibake's own cached bootstrap of the
 matching family (pi2: armhf + armmp, pi3: arm64), whose initrd already holds
-the virtio and ext4 drivers (see builder.bootstrap), so no new initrd is made here.
+the virtio and ext4 drivers (see builder.emulate.bootstrap), so no new initrd is made here.
 
 Only the modules a ``-M virt`` guest can use go into the kit (file systems,
 networking, crypto, virtio, block, md, virtual network devices; input, GPIO
@@ -32,8 +32,8 @@ from pathlib import Path
 
 from builder import cache, log
 from builder.errors import BootError
-from builder.qemu import Arch
 from builder.run import run, which
+from builder.vm.qemu import Arch
 
 RECIPE_VERSION = 1
 
@@ -158,7 +158,7 @@ def build_kit(rootfs_tar: Path, folder: Path) -> str:
 
 def kernel_kit(arch: Arch, mirror: str | None = None) -> KernelKit:
     """The generic kernel kit for ``arch`` guests, bootstrapping its base if needed."""
-    from builder.bases import CATALOG
+    from builder.inventory.bases import CATALOG
     from builder.pipeline import bootstrap_base
 
     model, deb_arch = KIT_MODEL[arch]

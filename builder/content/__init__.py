@@ -1,0 +1,1 @@
+"""What goes into an image: templates, the host layer, review and checks."""

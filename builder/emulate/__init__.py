@@ -1,0 +1,1 @@
+"""Running foreign-arch code on this host: bootstrap and the emulated chroot."""

@@ -1,0 +1,1 @@
+"""Image files: partitions, disk assembly, outputs, downloads, libguestfs."""

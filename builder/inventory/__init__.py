@@ -1,0 +1,1 @@
+"""Reading the inventory: schema, cluster/host config, base catalog, layers."""

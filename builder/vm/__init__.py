@@ -1,0 +1,1 @@
+"""Booting images under QEMU: machines, kernels, the boot harness."""

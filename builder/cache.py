@@ -7,12 +7,14 @@ build leaves the previous good entry (or nothing) behind.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,65 @@ def sha256_file(path: Path, bufsize: int = 4 << 20) -> str:
         while chunk := f.read(bufsize):
             h.update(chunk)
     return h.hexdigest()
+
+
+def entry(folder: Path, files: tuple[str, ...]) -> dict[str, Any] | None:
+    """The meta.json of a complete cache entry, or None: an entry missing one of
+    ``files`` or with an unreadable meta.json is a miss, never a crash."""
+    try:
+        data = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not all((folder / f).is_file() for f in files):
+        return None
+    return data
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold the lock of one cache entry: two builds sharing the cache (two
+    terminals, ``make -j``) never build the same entry at once; the second waits
+    and then finds it complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.with_name(f".{folder.name}.lock")
+    with open(lock, "a") as fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from builder import log
+
+            log.notice(f"waiting for another build of cache entry {folder.parent.name}/"
+                       f"{folder.name[:12]}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def use(folder: Path, files: tuple[str, ...],
+        build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """The entry's meta.json (and True) when it is complete, else ``build()``'s
+    (and False), under the entry's lock. An incomplete entry is rebuilt with a
+    notice. The entry's last use is recorded for ``pibake cache``."""
+    with locked(folder):
+        meta = entry(folder, files)
+        if meta is None and folder.exists():
+            from builder import log
+
+            log.notice(f"cache entry {folder.parent.name}/{folder.name[:12]} is incomplete; "
+                       "rebuilding it")
+        cached = meta is not None
+        if meta is None:
+            meta = build()
+        touch(folder)
+    return meta, cached
+
+
+def touch(folder: Path) -> None:
+    """Record a use of an entry (its meta.json's mtime is the last use)."""
+    with suppress(OSError):
+        os.utime(folder / "meta.json", (time.time(), time.time()))
 
 
 def _tmp_name(final: Path) -> Path:

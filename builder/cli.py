@@ -42,15 +42,17 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 
 
 @cli.command()
+@click.option("--inventory-only", is_flag=True,
+              help="Only plan the hosts; skip the host tools and the emulation check.")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Validate every profile, layer and template without touching an image."""
-    from builder.content.render import render_host
+def check(ctx: click.Context, inventory_only: bool) -> None:
+    """Plan every host as a build would (templates, host files, first-boot
+    steps, accounts), without touching an image."""
+    from builder.plan import plan_hosts
 
     inv = _inventory(ctx)
-    count = 0
-    for host in inv.profiles:
-        count += len(render_host(inv, host))
+    plans = plan_hosts(inv, tuple(inv.profiles))
+    count = sum(len(p.rendered) for p in plans)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
                f"{count} templates rendered")
 
@@ -83,17 +85,17 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
     from builder.errors import ConfigError
     from builder.image.outputs import Compression
     from builder.pipeline import build_image
+    from builder.plan import plan_hosts
 
     inv = _inventory(ctx)
     if all_hosts:
         hosts = tuple(inv.profiles)
     if not hosts:
         raise ConfigError("pibake build: name a host (e.g. pibake build compute-01) or --all")
-    for host in hosts:
-        inv.profile(host)  # every name is checked before the first build starts
+    plans = plan_hosts(inv, hosts)  # every host is checked before the first build starts
     out = output or _project(ctx) / "output"
-    for host in hosts:
-        result = build_image(inv, host, out, Compression(compression))
+    for plan in plans:
+        result = build_image(plan, out, Compression(compression))
         click.echo(f"{result.image}  sha256 {result.sha256[:16]}…  "
                    f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
 

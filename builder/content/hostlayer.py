@@ -15,12 +15,15 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from builder.content.render import Rendered, render_host
+from builder.content.render import Rendered
 from builder.errors import ConfigError
 from builder.image.assemble import Entry, partuuid
-from builder.inventory.bases import Base, Model
-from builder.inventory.config import Inventory
+from builder.inventory.bases import Model
+
+if TYPE_CHECKING:
+    from builder.plan import HostPlan
 
 FIRSTBOOT_DIR = Path(__file__).resolve().parents[2] / "firstboot"
 STEPS_DEST = "/usr/local/lib/pibake/firstboot.d"
@@ -92,8 +95,17 @@ def _user_ids(passwd: str, user: str) -> tuple[int, int, str]:
                       "exist in the image; select the base layer, which creates it")
 
 
-def hosts_file(inv: Inventory, host: str) -> str:
-    dom = inv.cluster.domain
+def standin_facts(plan: HostPlan) -> RoleFacts:
+    """Role facts for planning and review, before any role exists: the admin
+    account as the base layer creates it, no base cmdline, no dhcpcd.conf."""
+    user = plan.cluster.admin.user
+    return RoleFacts(passwd=f"{user}:x:1000:1000::/home/{user}:/bin/bash\n",
+                     cmdline="", dhcpcd_conf="")
+
+
+def hosts_file(plan: HostPlan) -> str:
+    host = plan.host
+    dom = plan.cluster.domain
     lines = [
         "# managed by pibake, host layer: every node of the cluster",
         "127.0.0.1\tlocalhost",
@@ -103,17 +115,19 @@ def hosts_file(inv: Inventory, host: str) -> str:
         "ff02::2\t\tip6-allrouters",
         "",
     ]
-    lines += [f"{n.ip}\t{n.name}.{dom}\t{n.name}" for n in inv.cluster.nodes.values()
+    lines += [f"{n.ip}\t{n.name}.{dom}\t{n.name}" for n in plan.cluster.nodes.values()
               if n.name != host]
     return "\n".join(lines) + "\n"
 
 
-def network_entries(inv: Inventory, host: str, base: Base, facts: RoleFacts) -> list[Entry]:
-    node = inv.node(host)
-    net = inv.network(host)
+def network_entries(plan: HostPlan, facts: RoleFacts) -> list[Entry]:
+    node = plan.node
+    net = plan.network
+    base = plan.base
+    domain = plan.cluster.domain
     addr = f"{node.ip}/{net.cidr.prefixlen}"
     dns = [str(d) for d in net.dns]
-    resolv = "# managed by pibake, host layer\n" + f"search {inv.cluster.domain}\n" + "".join(
+    resolv = "# managed by pibake, host layer\n" + f"search {domain}\n" + "".join(
         f"nameserver {d}\n" for d in dns)
     entries = [_file("/etc/resolv.conf", resolv)]
     if base.network == "networkd":
@@ -124,7 +138,7 @@ def network_entries(inv: Inventory, host: str, base: Base, facts: RoleFacts) -> 
                   f"[Match]\n{match}\n\n"
                   f"[Network]\nAddress={addr}\nGateway={net.gateway}\n"
                   + "".join(f"DNS={d}\n" for d in dns)
-                  + f"Domains={inv.cluster.domain}\n"),
+                  + f"Domains={domain}\n"),
             _link("/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
                   "/lib/systemd/system/systemd-networkd.service"),
             _link("/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
@@ -143,7 +157,7 @@ def network_entries(inv: Inventory, host: str, base: Base, facts: RoleFacts) -> 
         block = (f"# BEGIN pibake (managed by pibake, host layer)\ninterface eth0\n"
                  f"static ip_address={addr}\nstatic routers={net.gateway}\n"
                  f"static domain_name_servers={' '.join(dns)}\n"
-                 f"static domain_search={inv.cluster.domain}\n# END pibake\n")
+                 f"static domain_search={domain}\n# END pibake\n")
         entries.append(_file("/etc/dhcpcd.conf", kept.rstrip("\n") + "\n\n" + block))
     elif base.network == "networkmanager":
         match = f"mac-address={node.mac}\n" if node.mac else "interface-name=eth0\n"
@@ -153,45 +167,34 @@ def network_entries(inv: Inventory, host: str, base: Base, facts: RoleFacts) -> 
             + ("" if node.mac else "interface-name=eth0\n")
             + "autoconnect=true\n\n[ethernet]\n" + (match if node.mac else "")
             + f"\n[ipv4]\nmethod=manual\naddress1={addr},{net.gateway}\n"
-            f"dns={';'.join(dns)};\ndns-search={inv.cluster.domain};\n\n[ipv6]\nmethod=ignore\n",
+            f"dns={';'.join(dns)};\ndns-search={domain};\n\n[ipv6]\nmethod=ignore\n",
             mode=0o600))
     return entries
 
 
-def cmdline_for(inv: Inventory, host: str, base: Base, facts: RoleFacts, disk: int) -> str:
+def cmdline_for(plan: HostPlan, facts: RoleFacts, disk: int) -> str:
     root = f"root=PARTUUID={partuuid(disk, 2)}"
     if facts.cmdline.strip():
         words = [w for w in facts.cmdline.split()
                  if not w.startswith(("root=", "init=/usr/lib/raspi-config/init_resize"))]
         words.insert(0, root)
         return " ".join(words) + "\n"
-    console = SERIAL_CONSOLE[inv.node(host).model]
+    console = SERIAL_CONSOLE[plan.node.model]
     return (f"console=tty0 console={console},115200 {root} rw fsck.repair=yes "
             "net.ifnames=0 rootwait\n")
 
 
-def firstboot_entries(inv: Inventory, host: str, base: Base) -> list[Entry]:
-    steps: dict[str, tuple[Path, str]] = {}
-    for src in sorted((FIRSTBOOT_DIR / "steps").glob("*.sh")):
-        steps[src.name] = (src, "firstboot/steps")
-    for name in inv.profile(host).layers:
-        layer = inv.layers[name]
-        for src in layer.firstboot:
-            if src.name in steps:
-                raise ConfigError(
-                    f"{layer.shown}/firstboot.d/{src.name}: a step with this name already comes "
-                    f"from {steps[src.name][1]}; rename it (step names are unique per image)")
-            steps[src.name] = (src, f"{layer.shown}/firstboot.d")
-    env = (f"# managed by pibake, host layer\nPIBAKE_HOST={host}\n"
-           f"PIBAKE_BOOT_DIR={base.boot_mount}\nPIBAKE_STATUS_FILE={STATUS_FILE}\n")
+def firstboot_entries(plan: HostPlan) -> list[Entry]:
+    env = (f"# managed by pibake, host layer\nPIBAKE_HOST={plan.host}\n"
+           f"PIBAKE_BOOT_DIR={plan.base.boot_mount}\nPIBAKE_STATUS_FILE={STATUS_FILE}\n")
     entries = [
         _file("/usr/local/sbin/pibake-firstboot",
               (FIRSTBOOT_DIR / "pibake-firstboot").read_text(), 0o755),
         _file("/etc/pibake/firstboot.env", env),
         Entry(path=STEPS_DEST, kind="dir", mode=0o755),
     ]
-    entries += [_file(f"{STEPS_DEST}/{name}", src.read_text(), 0o755)
-                for name, (src, _) in sorted(steps.items())]
+    entries += [_file(f"{STEPS_DEST}/{step.name}", step.src.read_text(), 0o755)
+                for step in plan.steps]
     for unit in UNITS:
         entries += [
             _file(f"/etc/systemd/system/{unit}", (FIRSTBOOT_DIR / unit).read_text()),
@@ -201,11 +204,12 @@ def firstboot_entries(inv: Inventory, host: str, base: Base) -> list[Entry]:
     return entries
 
 
-def host_delta(inv: Inventory, host: str, facts: RoleFacts) -> HostDelta:
-    profile = inv.profile(host)
-    base = profile.base
-    disk = disk_id(inv.cluster.name, host)
-    rendered = render_host(inv, host)
+def host_delta(plan: HostPlan, facts: RoleFacts) -> HostDelta:
+    host = plan.host
+    base = plan.base
+    cluster = plan.cluster
+    disk = disk_id(cluster.name, host)
+    rendered = plan.rendered
     boot_prefix = base.boot_mount.rstrip("/") + "/"
     root: list[Entry] = []
     boot: list[Entry] = []
@@ -223,33 +227,33 @@ def host_delta(inv: Inventory, host: str, facts: RoleFacts) -> HostDelta:
     )
     root += [
         _file("/etc/hostname", host + "\n"),
-        _file("/etc/hosts", hosts_file(inv, host)),
+        _file("/etc/hosts", hosts_file(plan)),
         _file("/etc/fstab", fstab),
-        _file("/etc/machine-id", machine_id(inv.cluster.name, host) + "\n", 0o444),
+        _file("/etc/machine-id", machine_id(cluster.name, host) + "\n", 0o444),
         # systemd-firstboot prompts on the console when it runs; the image must
         # never wait for a human, whatever a base or layer did to machine-id.
         _link("/etc/systemd/system/systemd-firstboot.service", "/dev/null"),
     ]
-    root += network_entries(inv, host, base, facts)
+    root += network_entries(plan, facts)
     if base.name == "debian-bookworm":
         # raspi-firmware regenerates cmdline.txt on kernel upgrades from this file.
-        console = SERIAL_CONSOLE[inv.node(host).model]
+        console = SERIAL_CONSOLE[plan.node.model]
         root.append(_file("/etc/default/raspi-firmware",
                           "# managed by pibake, host layer\n"
                           f"ROOTPART=PARTUUID={partuuid(disk, 2)}\n"
                           f"CONSOLES=\"tty0 {console},115200\"\n"))
-    user = inv.cluster.admin.user
+    user = cluster.admin.user
     uid, gid, home = _user_ids(facts.passwd, user)
-    keys = "".join(k + "\n" for k in inv.cluster.admin.ssh_authorized_keys)
+    keys = "".join(k + "\n" for k in cluster.admin.ssh_authorized_keys)
     root += [
         Entry(path=posixpath.join(home, ".ssh"), kind="dir", mode=0o700, uid=uid, gid=gid),
         _file(posixpath.join(home, ".ssh/authorized_keys"), keys, 0o600, uid, gid),
     ]
-    root += firstboot_entries(inv, host, base)
+    root += firstboot_entries(plan)
     root.append(_file("/etc/pibake/host.json", json.dumps(
-        {"host": host, "cluster": inv.cluster.name, "layers": list(profile.layers),
+        {"host": host, "cluster": cluster.name, "layers": list(plan.layer_names),
          "base": base.name}, indent=2, sort_keys=True) + "\n"))
-    boot.append(_file("/cmdline.txt", cmdline_for(inv, host, base, facts, disk)))
+    boot.append(_file("/cmdline.txt", cmdline_for(plan, facts, disk)))
     # The host's identity files win over a layer template of the same path.
     return HostDelta(root=tuple(_dedupe(root)), boot=tuple(_dedupe(boot)),
                      rendered=tuple(rendered))

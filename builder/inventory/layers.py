@@ -60,14 +60,11 @@ class Layer:
     firstboot: tuple[Path, ...]
     content_hash: str                       # every file of the layer
     build_hash: str = field(default="")     # the parts that shape the role rootfs
+    hook_vars: tuple[str, ...] = ()         # variables its hooks read (layer.yaml hook_vars:)
+    creates_admin: bool = False             # a hook creates the cluster's admin account
 
     def packages_for(self, suite: str) -> tuple[str, ...]:
         return self.package_overrides.get(suite, self.packages)
-
-    def hook_vars(self, vars: Mapping[str, Any]) -> dict[str, Any]:
-        """The layer's vars that its hooks read (as upper-case environment names)."""
-        text = "\n".join(h.read_text(errors="replace") for h in self.hooks)
-        return {k: vars[k] for k in sorted(self.defaults) if k.upper() in text and k in vars}
 
 
 def load_layers(root: Path) -> dict[str, Layer]:
@@ -108,12 +105,18 @@ def load_layer(path: Path, shown: str) -> Layer:
 
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
-                  f"{shown}/layer.yaml", "", ["description", "requires", "modes"])
+                  f"{shown}/layer.yaml", "", ["description", "requires", "modes", "hook_vars",
+                                              "creates_admin"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     modes = _modes(meta)
+    creates_admin = meta.raw("creates_admin", False)
+    if not isinstance(creates_admin, bool):
+        raise ConfigError(f"{meta.loc('creates_admin')}: {short(creates_admin)} is not true or "
+                          "false")
 
     defaults = _load_defaults(path, shown, name)
+    hook_vars = _hook_vars(meta, defaults)
     packages = _load_packages(path / "packages", f"{shown}/packages") \
         if (path / "packages").exists() else ()
     overrides = {
@@ -125,6 +128,7 @@ def load_layer(path: Path, shown: str) -> Layer:
     files, templates = _apply_modes(modes, files, templates, f"{shown}/layer.yaml")
     hooks = _scripts(path / "hooks.d", f"{shown}/hooks.d")
     firstboot = _scripts(path / "firstboot.d", f"{shown}/firstboot.d")
+    lint_hook_vars(name, shown, hooks, hook_vars)
 
     content_hash = tree_hash(path)
     build_parts = [p for p in ("layer.yaml", "packages", "files", "hooks.d") if (path / p).exists()]
@@ -135,7 +139,37 @@ def load_layer(path: Path, shown: str) -> Layer:
         defaults=MappingProxyType(defaults), packages=packages,
         package_overrides=MappingProxyType(overrides), files=files, templates=templates,
         hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
+        hook_vars=hook_vars, creates_admin=creates_admin,
     )
+
+
+def _hook_vars(meta: Reader, defaults: dict[str, Any]) -> tuple[str, ...]:
+    """``hook_vars: [web_port]``: the layer's variables its hooks read. Exactly
+    these reach the hooks (as WEB_PORT) and enter the role's cache key."""
+    names = meta.str_list("hook_vars")
+    for i, key in enumerate(names):
+        if key not in defaults:
+            raise ConfigError(f"{meta.loc('hook_vars')}[{i}]: {key!r} is not a variable of this "
+                              f"layer's defaults.yaml{suggest(key, defaults)}; declare it there")
+    return tuple(names)
+
+
+def lint_hook_vars(name: str, shown: str, hooks: tuple[Path, ...],
+                   declared: tuple[str, ...]) -> None:
+    """A hook that reads ``$WEB_PORT`` without ``hook_vars: [web_port]`` would
+    get an empty value (and a role cached under the wrong key): refuse it."""
+    prefix = name.replace("-", "_").upper() + "_"
+    allowed = {k.upper() for k in declared}
+    pattern = re.compile(r"\$\{?(" + re.escape(prefix) + r"[A-Z0-9_]+)")
+    for hook in hooks:
+        text = hook.read_text(errors="replace")
+        for n, line in enumerate(text.splitlines(), 1):
+            for found in pattern.findall(line):
+                if found not in allowed:
+                    raise ConfigError(
+                        f"{shown}/hooks.d/{hook.name}:{n}: reads ${found}, which the layer does "
+                        f"not pass to hooks; add {found.lower()} to hook_vars: in "
+                        f"{shown}/layer.yaml")
 
 
 def _modes(meta: Reader) -> dict[str, int]:

@@ -52,9 +52,40 @@ def check(ctx: click.Context, inventory_only: bool) -> None:
 
     inv = _inventory(ctx)
     plans = plan_hosts(inv, tuple(inv.profiles))
+    if not inventory_only:
+        from builder.preflight import host_preflight
+
+        for line in host_preflight(plans, everything=True):
+            click.echo(line)
     count = sum(len(p.rendered) for p in plans)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
                f"{count} templates rendered")
+
+
+def _plans(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, verb: str):  # type: ignore[no-untyped-def]
+    from builder.errors import ConfigError
+    from builder.plan import plan_hosts
+
+    inv = _inventory(ctx)
+    if all_hosts:
+        hosts = tuple(inv.profiles)
+    if not hosts:
+        raise ConfigError(f"pibake {verb}: name a host (e.g. pibake {verb} compute-01) or --all")
+    return plan_hosts(inv, hosts)  # every host is checked before the first build starts
+
+
+@cli.command("plan")
+@click.argument("hosts", nargs=-1)
+@click.option("--all", "all_hosts", is_flag=True, help="Plan every host in the inventory.")
+@click.pass_context
+def plan_cmd(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool) -> None:
+    """Show what building HOST would do: cache keys, hit or miss, layers'
+    packages and hooks, the host's files, the image size."""
+    from builder.plan import describe
+
+    for plan in _plans(ctx, hosts, all_hosts, "plan"):
+        for line in describe(plan):
+            click.echo(line)
 
 
 @cli.command()
@@ -78,21 +109,20 @@ def render(ctx: click.Context, host: str, dest: Path) -> None:
               default=None, help="Output folder (default: <project>/output).")
 @click.option("--compress", "compression", type=click.Choice(["none", "zstd", "xz"]),
               default="none", show_default=True, help="Also write a compressed copy.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (as pibake plan) and stop.")
 @click.pass_context
 def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: Path | None,
-          compression: str) -> None:
+          compression: str, dry_run: bool) -> None:
     """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
-    from builder.errors import ConfigError
     from builder.image.outputs import Compression
     from builder.pipeline import build_image
-    from builder.plan import plan_hosts
+    from builder.preflight import host_preflight
 
-    inv = _inventory(ctx)
-    if all_hosts:
-        hosts = tuple(inv.profiles)
-    if not hosts:
-        raise ConfigError("pibake build: name a host (e.g. pibake build compute-01) or --all")
-    plans = plan_hosts(inv, hosts)  # every host is checked before the first build starts
+    plans = _plans(ctx, hosts, all_hosts, "build")
+    if dry_run:
+        ctx.invoke(plan_cmd, hosts=tuple(p.host for p in plans))
+        return
+    host_preflight(plans, compression=compression)
     out = output or _project(ctx) / "output"
     for plan in plans:
         result = build_image(plan, out, Compression(compression))

@@ -205,3 +205,41 @@ def firstboot_steps(layers: tuple[Layer, ...]) -> tuple[Step, ...]:
                     f"from {steps[src.name].origin}; rename it (step names are unique per image)")
             steps[src.name] = Step(src.name, src, f"{layer.shown}/firstboot.d")
     return tuple(steps[name] for name in sorted(steps))
+
+
+def image_size(plan: HostPlan) -> int | None:
+    """The disk image's size in bytes when the role is cached, else None."""
+    from builder.image.assemble import disk_layout
+
+    boot, root = (plan.role_dir / f for f in ROLE_FILES[::-1])
+    if not plan.role_cached:
+        return None
+    return disk_layout(boot.stat().st_size, root.stat().st_size).size
+
+
+def describe(plan: HostPlan) -> list[str]:
+    """What a build of this plan would do, for ``pibake plan`` and ``build --dry-run``."""
+    from builder.content.hostlayer import host_delta, standin_facts
+
+    def state(hit: bool) -> str:
+        return "cached" if hit else "build"
+
+    lines = [f"{plan.host}: {plan.base.name} on a {plan.node.model} ({plan.arch}), "
+             f"layers {'+'.join(plan.layer_names)}",
+             f"  base  {plan.base_key[:16]}  {state(plan.base_cached)}"]
+    lines.append(f"  role  {plan.role_key[:16]}  {state(plan.role_cached)}")
+    if not plan.role_cached:
+        for layer in plan.layers:
+            pkgs = " ".join(layer.packages_for(plan.base.suite)) or "-"
+            hooks = " ".join(h.name for h in layer.hooks) or "-"
+            lines.append(f"    layer {layer.name}: packages: {pkgs}; hooks: {hooks}")
+    delta = host_delta(plan, standin_facts(plan))
+    lines.append(f"  host files ({len(delta.root) + len(delta.boot)}):")
+    boot = plan.base.boot_mount.rstrip("/")
+    for prefix, entries in (("", delta.root), (boot, delta.boot)):
+        for e in entries:
+            lines.append(f"    {e.kind:7} {e.mode:04o} {e.uid}:{e.gid}  {prefix}{e.path}")
+    size = image_size(plan)
+    lines.append(f"  image {size / (1 << 20):.0f} MiB" if size is not None
+                 else "  image size known after the role build")
+    return lines

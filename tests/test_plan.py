@@ -167,3 +167,64 @@ def test_bad_last_host_fails_build_all_before_any_build(mini: Path, own_cache: P
     assert not (mini / "output").exists()
     assert not (own_cache / "rootfs").exists() and not (own_cache / "roles").exists()
     assert seconds < 20
+
+
+def test_check_lists_host_tools_and_emulation(mini: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "-C", str(mini), "check")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[-1] == "ok: 2 hosts, 2 layers, 8 templates rendered"
+    assert any(ln.split()[:3] == ["host", "bmaptool", "bmap-tools"] for ln in lines)
+    assert any(ln.split()[:3] == ["bootstrap", "base", "mmdebstrap"] for ln in lines)
+    assert [ln.split()[1] for ln in lines if ln.startswith("emulation")] == ["arm64"]
+
+
+def test_check_names_missing_tools_and_packages(mini: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from builder import preflight
+
+    tools = dict(preflight.STAGE_TOOLS)
+    tools["host"] = (*tools["host"], preflight.Tool("pibake-no-such-tool", "pibake-no-pkg"))
+    tools["role"] = (*tools["role"], preflight.Tool("pibake-no-tool-2", "pibake-no-pkg-2"))
+    monkeypatch.setattr(preflight, "STAGE_TOOLS", tools)
+    code, out, err = run_cli(capsys, "-C", str(mini), "check")
+    assert (code, out) == (3, "")
+    assert err == ("pibake: error: host tools not found: pibake-no-tool-2 (role), "
+                   "pibake-no-such-tool (host); install them: apt-get install "
+                   "pibake-no-pkg pibake-no-pkg-2\n")
+
+
+BAD_PLANS: list[tuple[str, str, str]] = [
+    ("template", "layers/web/templates/etc/web/x.txt.j2", "# {{ pibake_managed }}\n{{ nope }}\n"),
+    ("hook-var", "layers/web/hooks.d/30-x.sh", "#!/bin/sh\necho $WEB_GREETING\n"),
+    ("step-clash", "layers/web/firstboot.d/05-grow-root.sh", "#!/bin/sh\ntrue\n"),
+    ("no-admin", "profiles/node-02.yaml", "base: debian-bookworm\nlayers: [lone]\n"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_PLANS, ids=[c[0] for c in BAD_PLANS])
+def test_check_and_build_agree(mini: Path, own_cache: Path, capsys: pytest.CaptureFixture[str],
+                               case: tuple[str, str, str]) -> None:
+    _, rel, text = case
+    write(mini / "layers/lone/layer.yaml", "description: no accounts\n")
+    write(mini / rel, text, 0o755 if rel.endswith(".sh") else None)
+    checked = run_cli(capsys, "-C", str(mini), "check", "--inventory-only")
+    built = run_cli(capsys, "-C", str(mini), "build", "--all")
+    assert checked[0] == 2 and checked[2].startswith("pibake: error: ")
+    assert built == checked
+    assert not (mini / "output").exists() and not (own_cache / "roles").exists()
+
+
+def test_plan_and_dry_run_print_the_same(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    planned = run_cli(capsys, "-C", str(mini), "plan", "node-01", "node-02")
+    dry = run_cli(capsys, "-C", str(mini), "build", "--dry-run", "node-01", "node-02")
+    assert planned == dry and planned[0] == 0
+    out = planned[1].splitlines()
+    assert out[0] == "node-01: debian-bookworm on a pi3 (arm64), layers base+web"
+    assert out[1].split()[0::2] == ["base", "build"] and out[2].split()[0::2] == ["role", "build"]
+    assert "    layer web: packages: -; hooks: 10-web.sh" in out
+    assert "    file    0644 0:0  /etc/web/page.txt" in out
+    assert "    file    0644 0:0  /boot/firmware/cmdline.txt" in out
+    assert "  image size known after the role build" in out
+    assert not (mini / "output").exists()

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,70 @@ def clean_stale(root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+
+
+# --- listing and pruning -----------------------------------------------------
+
+# folder under the cache -> the kind of entry it holds
+KINDS = {"rootfs": "base", "roles": "role", "kernels": "kernel", "bases": "download"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str          # base | role | kernel | download
+    key: str
+    path: Path
+    size: int          # bytes on disk
+    last_use: float    # seconds since the epoch
+
+
+def entries(root: Path | None = None) -> list[Entry]:
+    """Every complete-looking entry in the cache (temporaries and locks skipped)."""
+    root = root or cache_dir()
+    found = []
+    for folder, kind in KINDS.items():
+        top = root / folder
+        if not top.is_dir():
+            continue
+        for path in sorted(top.iterdir()):
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            found.append(Entry(kind, path.name, path, _disk_usage(path), _last_use(path)))
+    return found
+
+
+def _disk_usage(path: Path) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def _last_use(path: Path) -> float:
+    meta = path / "meta.json"
+    with suppress(OSError):
+        return meta.stat().st_mtime
+    return path.stat().st_mtime
+
+
+def prune(keep: set[str], root: Path | None = None) -> list[Entry]:
+    """Remove base, role and download entries whose key is not in ``keep``;
+    kernel kits stay (``pibake boot`` uses them, no plan does). An entry another
+    build holds locked is left alone."""
+    removed = []
+    for e in entries(root):
+        if e.kind == "kernel" or e.key in keep:
+            continue
+        lock = e.path.with_name(f".{e.path.name}.lock")
+        with open(lock, "a") as fd:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            old = e.path.with_name(f".{e.path.name}.old-{os.getpid()}")
+            os.replace(e.path, old)
+            shutil.rmtree(old, ignore_errors=True)
+        removed.append(e)
+    return removed

@@ -195,6 +195,42 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
             click.echo(f"{host}: first boot done in {res.seconds:.1f}s{peak}")
 
 
+@cli.group("cache", invoke_without_command=True)
+@click.pass_context
+def cache_cmd(ctx: click.Context) -> None:
+    """List the build cache's entries (kind, key, size, last use)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from builder import cache
+
+    listed = cache.entries()
+    for e in listed:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_use))
+        click.echo(f"{e.kind:8} {e.key[:16]}  {e.size / (1 << 20):8.1f} MiB  {used}")
+    total = sum(e.size for e in listed)
+    click.echo(f"{len(listed)} entries, {total / (1 << 20):.1f} MiB in {cache.cache_dir()}")
+
+
+@cache_cmd.command("prune")
+@click.pass_context
+def cache_prune(ctx: click.Context) -> None:
+    """Remove the bases, roles and downloads no host of the inventory uses."""
+    from builder import cache
+    from builder.plan import plan_hosts
+
+    inv = _inventory(ctx)
+    keep: set[str] = set()
+    for plan in plan_hosts(inv, tuple(inv.profiles)):
+        keep |= {plan.base_key, plan.role_key, plan.base.sha256 or ""}
+    removed = cache.prune(keep)
+    for e in removed:
+        click.echo(f"removed {e.kind:8} {e.key[:16]}  {e.size / (1 << 20):8.1f} MiB")
+    click.echo(f"{len(removed)} entries removed, "
+               f"{sum(e.size for e in removed) / (1 << 20):.1f} MiB freed")
+
+
 @cli.command()
 @click.pass_context
 def bases(ctx: click.Context) -> None:

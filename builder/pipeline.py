@@ -88,6 +88,15 @@ def base_artifact(plan: HostPlan) -> BaseArtifact:
     return _image_base(plan.base, plan.arch)
 
 
+def debian_base(model: str, mirror: str | None = None) -> BaseArtifact:
+    """The built-in Debian base for a Pi model, from the cache or bootstrapped
+    now: the one door through which the VM side (kernel kits) asks for a base."""
+    from builder.emulate.bootstrap import PI_FAMILIES
+    from builder.inventory.bases import CATALOG
+
+    return bootstrap_base(CATALOG["debian-bookworm"], model, PI_FAMILIES[model].arch, mirror)
+
+
 def _artifact(base: Base, key: str, folder: Path, arch: str,
               meta: dict[str, Any]) -> BaseArtifact:
     return BaseArtifact(base.name, key, folder, arch, base.suite, meta["boot_mount"],

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.content.render import Rendered
+from builder.emulate.bootstrap import PI_FAMILIES
 from builder.errors import ConfigError
 from builder.image.assemble import Entry, partuuid
-from builder.inventory.bases import Model
 
 if TYPE_CHECKING:
     from builder.plan import HostPlan
@@ -35,11 +35,6 @@ BOOT_MOUNT_OPTIONS = "defaults,x-systemd.automount"
 # The runner, and the unit that creates SSH host keys before sshd first starts.
 UNITS = ("pibake-firstboot.service", "pibake-ssh-host-keys.service")
 
-# Serial console per Pi family with Debian's kernels and upstream device trees.
-SERIAL_CONSOLE = {
-    Model.pi0: "ttyAMA0", Model.pi1: "ttyAMA0", Model.pi2: "ttyAMA0",
-    Model.pi3: "ttyS1", Model.pi4: "ttyS1",
-}
 
 
 @dataclass(frozen=True)
@@ -179,7 +174,7 @@ def cmdline_for(plan: HostPlan, facts: RoleFacts, disk: int) -> str:
                  if not w.startswith(("root=", "init=/usr/lib/raspi-config/init_resize"))]
         words.insert(0, root)
         return " ".join(words) + "\n"
-    console = SERIAL_CONSOLE[plan.node.model]
+    console = PI_FAMILIES[str(plan.node.model)].console
     return (f"console=tty0 console={console},115200 {root} rw fsck.repair=yes "
             "net.ifnames=0 rootwait\n")
 
@@ -237,7 +232,7 @@ def host_delta(plan: HostPlan, facts: RoleFacts) -> HostDelta:
     root += network_entries(plan, facts)
     if base.name == "debian-bookworm":
         # raspi-firmware regenerates cmdline.txt on kernel upgrades from this file.
-        console = SERIAL_CONSOLE[plan.node.model]
+        console = PI_FAMILIES[str(plan.node.model)].console
         root.append(_file("/etc/default/raspi-firmware",
                           "# managed by pibake, host layer\n"
                           f"ROOTPART=PARTUUID={partuuid(disk, 2)}\n"

@@ -161,7 +161,7 @@ def role_artifact(plan: HostPlan, base: BaseArtifact) -> tuple[RoleArtifact, boo
     meta, cached = cache.use(folder, ROLE_FILES, lambda: build_role(
         plan, base.tar, base.cmdline, base.boot_mount, folder, apt_cache_dir()))
     facts = RoleFacts(passwd=meta["passwd"], cmdline=meta["cmdline"],
-                      dhcpcd_conf=meta["dhcpcd_conf"])
+                      dhcpcd_conf=meta["dhcpcd_conf"], group=meta.get("group", ""))
     return RoleArtifact(plan.role_key, folder, facts, meta["packages"]), cached
 
 

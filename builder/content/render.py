@@ -30,6 +30,7 @@ class Rendered:
     mode: int
     layer: str
     source: str    # "layers/compute/templates/etc/x.conf.j2"
+    owner: str = ""  # "user:group" from the layer's owners:; "" = root
 
 
 def node_view(inv: Inventory, host: str) -> dict[str, Any]:
@@ -75,13 +76,19 @@ def context(inv: Inventory, host: str) -> dict[str, Any]:
     return ctx
 
 
-def _env(layer: Layer) -> jinja2.Environment:
+def strict_env(folder: Path, **options: Any) -> jinja2.Environment:
+    """The one template engine: an undefined name is an error, never ''."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(layer.path / "templates"),
+        loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        **options,
     )
+
+
+def _env(layer: Layer) -> jinja2.Environment:
+    return strict_env(layer.path / "templates")
 
 
 def render_layer(inv: Inventory, host: str, layer: Layer,
@@ -118,7 +125,8 @@ def render_layer(inv: Inventory, host: str, layer: Layer,
         if "managed by pibake" not in text and not item.dest.endswith(HEADER_EXEMPT_SUFFIXES):
             raise ConfigError(f"{shown}: rendered file has no 'managed by pibake' header; add a "
                               "comment line with {{ pibake_managed }} at the top")
-        out.append(Rendered(item.dest, text.encode(), item.mode & 0o7777, layer.name, shown))
+        out.append(Rendered(item.dest, text.encode(), item.mode & 0o7777, layer.name, shown,
+                            item.owner))
     return out
 
 

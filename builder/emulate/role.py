@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from builder import cache, log
 from builder.errors import BuildError
 from builder.image.assemble import ext4_size_for, make_ext4, make_vfat
-from builder.inventory.layers import Layer
+from builder.inventory.layers import Layer, resolve_owner
 from builder.run import run, which
 
 if TYPE_CHECKING:
@@ -51,6 +51,22 @@ def copy_layer_files(layer: Layer, tree: Path) -> None:
             os.chmod(dest, item.mode)
 
 
+def apply_owners(layer: Layer, tree: Path) -> None:
+    """The layer's owners: for its files/, after its packages and hooks have
+    created the accounts they name."""
+    owned = [item for item in layer.files if item.owner]
+    if not owned:
+        return
+    passwd, group = _read_text(tree / "etc/passwd"), _read_text(tree / "etc/group")
+    for item in owned:
+        ids = resolve_owner(item.owner, passwd, group)
+        if ids is None:
+            raise BuildError(f"{layer.shown}/layer.yaml: owners.{item.dest}: {item.owner!r} is "
+                             "not an account of the image; create it in a hook or install the "
+                             "package that does")
+        os.lchown(tree / item.dest.lstrip("/"), *ids)
+
+
 def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: str,
                folder: Path, apt_cache: Path) -> dict[str, Any]:
     """Build the role into ``folder`` (atomically) and return its meta.json."""
@@ -76,12 +92,14 @@ def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: st
                         chroot.apt_install(wanted)
                     for hook in layer.hooks:
                         chroot.run_hook(hook, dict(plan.hook_envs[layer.name]))
+                    apply_owners(layer, tree)
         lock_passwords(tree)
         packages = dpkg_versions(tree)
         facts = {
             "passwd": _read_text(tree / "etc/passwd"),
             "cmdline": base_cmdline,
             "dhcpcd_conf": _read_text(tree / "etc/dhcpcd.conf"),
+            "group": _read_text(tree / "etc/group"),
         }
         boot_src = tree / boot_mount.lstrip("/")
         boot_tree = work / "boot"

@@ -42,6 +42,7 @@ class FileItem:
     mode: int           # permission bits (incl. setuid etc.)
     kind: str           # "file" | "dir" | "symlink"
     target: str = ""    # for symlinks
+    owner: str = ""     # "user:group" (names or numbers) from layer.yaml owners:; "" = root
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,12 @@ def load_layer(path: Path, shown: str) -> Layer:
 
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
-                  f"{shown}/layer.yaml", "", ["description", "requires", "modes", "hook_vars",
-                                              "creates_admin"])
+                  f"{shown}/layer.yaml", "", ["description", "requires", "modes", "owners",
+                                              "hook_vars", "creates_admin"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     modes = _modes(meta)
+    owners = _owners(meta)
     creates_admin = meta.raw("creates_admin", False)
     if not isinstance(creates_admin, bool):
         raise ConfigError(f"{meta.loc('creates_admin')}: {short(creates_admin)} is not true or "
@@ -126,6 +128,7 @@ def load_layer(path: Path, shown: str) -> Layer:
     files = tuple(_walk_files(path / "files", f"{shown}/files", path))
     templates = tuple(_walk_templates(path / "templates", f"{shown}/templates", path))
     files, templates = _apply_modes(modes, files, templates, f"{shown}/layer.yaml")
+    files, templates = _apply_owners(owners, files, templates, f"{shown}/layer.yaml")
     hooks = _scripts(path / "hooks.d", f"{shown}/hooks.d")
     firstboot = _scripts(path / "firstboot.d", f"{shown}/firstboot.d")
     lint_hook_vars(name, shown, hooks, hook_vars)
@@ -183,6 +186,54 @@ def _modes(meta: Reader) -> dict[str, int]:
                               "e.g. \"0640\"")
         result[str(dest)] = int(value, 8)
     return result
+
+
+OWNER_RE = re.compile(r"^([a-z_][a-z0-9_-]*|[0-9]+):([a-z_][a-z0-9_-]*|[0-9]+)$")
+
+
+def _owners(meta: Reader) -> dict[str, str]:
+    """``owners: {/etc/x.conf: "root:adm"}``: user and group (names, resolved in
+    the image, or numbers) of files and templates that are not root's."""
+    result = {}
+    for dest, value in meta.mapping("owners").items():
+        if not isinstance(value, str) or not OWNER_RE.match(value):
+            raise ConfigError(f"{meta.loc(f'owners.{dest}')}: {short(value)} is not an owner; "
+                              "write user:group, e.g. \"root:adm\" or \"1000:1000\"")
+        result[str(dest)] = value
+    return result
+
+
+def _apply_owners(owners: dict[str, str], files: tuple[FileItem, ...],
+                  templates: tuple[FileItem, ...], shown: str,
+                  ) -> tuple[tuple[FileItem, ...], tuple[FileItem, ...]]:
+    known = {i.dest for i in files + templates}
+    for dest in owners:
+        if dest not in known:
+            raise ConfigError(f"{shown}: owners.{dest}: no such file in files/ or templates/ "
+                              f"of this layer{suggest(dest, known)}")
+
+    def fix(items: tuple[FileItem, ...]) -> tuple[FileItem, ...]:
+        return tuple(replace(i, owner=owners[i.dest]) if i.dest in owners else i for i in items)
+    return fix(files), fix(templates)
+
+
+def resolve_owner(owner: str, passwd: str, group: str) -> tuple[int, int] | None:
+    """(uid, gid) of "user:group" in an image's /etc/passwd and /etc/group text;
+    None when a name is not there."""
+    if not owner:
+        return 0, 0
+    user, grp = owner.split(":")
+
+    def look(name: str, table: str) -> int | None:
+        if name.isdigit():
+            return int(name)
+        for line in table.splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
+                return int(fields[2])
+        return None
+    uid, gid = look(user, passwd), look(grp, group)
+    return None if uid is None or gid is None else (uid, gid)
 
 
 def _apply_modes(modes: dict[str, int], files: tuple[FileItem, ...],

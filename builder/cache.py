@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -145,17 +146,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ".name.tmp-PID", ".name.old-PID", or a TemporaryDirectory's ".role.tmp-PID-xxxx"
+_STALE_RE = re.compile(r"^\..*\.(?:tmp|old)-(\d+)(?:-[^-]*)?$")
+
+
 def clean_stale(root: Path) -> None:
     """Remove temporaries left by a killed build (``.*.tmp-PID`` whose PID is gone)."""
     if not root.exists():
         return
     for entry in root.iterdir():
-        name = entry.name
-        if not name.startswith(".") or (".tmp-" not in name and ".old-" not in name):
-            continue
-        pid = name.rsplit("-", 1)[-1]
-        if pid.isdigit() and Path(f"/proc/{pid}").exists():
-            continue
+        found = _STALE_RE.match(entry.name)
+        if found is None or Path(f"/proc/{found.group(1)}").exists():
+            continue  # not a temporary, or its build is still running
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

@@ -123,3 +123,14 @@ def test_plan_sees_a_complete_role_as_cached(mini: Path, own_cache: Path) -> Non
     assert not plan_hosts(load_inventory(mini), ("node-01",))[0].role_cached
     (own_cache / "roles" / plan.role_key / "boot.vfat").write_bytes(b"x")
     assert plan_hosts(load_inventory(mini), ("node-01",))[0].role_cached
+
+
+def test_clean_stale_spares_running_builds_temporaries(tmp_path: Path) -> None:
+    live, dead = os.getpid(), 2 ** 22 + 7        # above pid_max's default: never running
+    names = [f".role.tmp-{live}-ab12cd", f".role.tmp-{dead}-ab12cd", f".x.img.tmp-{live}",
+             f".x.img.tmp-{dead}", f".k.old-{dead}", ".role.tmp-notapid", "kept"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    cache.clean_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".role.tmp-{live}-ab12cd", f".x.img.tmp-{live}", ".role.tmp-notapid", "kept"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,11 +25,12 @@ from typing import Any
 
 from builder import __version__, cache, log
 from builder.content.hostlayer import RoleFacts, disk_id, host_delta
-from builder.errors import NoSpaceError
+from builder.errors import NoSpaceError, PibakeError
 from builder.image.assemble import assemble_disk, partuuid
 from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
 from builder.inventory.bases import Base, BaseKind
 from builder.plan import BASE_FILES, RECIPE_VERSION, ROLE_FILES, HostPlan
+from builder.run import run
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,11 @@ def role_artifact(plan: HostPlan, base: BaseArtifact) -> tuple[RoleArtifact, boo
 
 def git_revision(root: Path) -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        rev = run(["git", "-C", root, "rev-parse", "HEAD"], capture=True, check=False,
+                  timeout=10).stdout.decode().strip()
+        dirty = run(["git", "-C", root, "status", "--porcelain"], capture=True, check=False,
+                    timeout=10).stdout.decode().strip()
+    except PibakeError:
         return "unknown"
     if not rev:
         return "unknown"

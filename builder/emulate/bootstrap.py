@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -278,8 +277,8 @@ def probe_sources(sources_text: str, arch: str) -> dict[str, str]:
         argv = [which("apt-get", "apt"), "update", "-q"]
         for name, value in opts.items():
             argv += ["-o", f"{name}={value}"]
-        proc = subprocess.run(argv, capture_output=True, text=True, start_new_session=True)
-    return failed_suites(proc.stdout + proc.stderr)
+        proc = run(argv, capture=True, check=False, timeout=600, what="apt-get update (probe)")
+    return failed_suites((proc.stdout + proc.stderr).decode(errors="replace"))
 
 
 def usable_sources(spec: BootstrapSpec, sources_text: str) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from builder import log
+from builder.errors import PibakeError
 from builder.run import kill_group, register, run, unregister, which
 
 QEMU_PACKAGE = "qemu-system-arm"
@@ -186,12 +187,12 @@ def pick_accel(
 def probe_kvm(arch: Arch) -> bool:
     """Start QEMU with KVM and no machine, and stop it at once."""
     try:
-        proc = subprocess.run(
+        proc = run(
             [qemu_binary(arch), "-M", "none", "-accel", "kvm", "-display", "none", "-S",
              "-monitor", "stdio", "-nodefaults"],
-            input=b"quit\n", capture_output=True, timeout=20, start_new_session=True,
+            input=b"quit\n", capture=True, timeout=20, check=False, what="qemu kvm probe",
         )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
+    except PibakeError:
         return False
     return proc.returncode == 0
 

@@ -228,3 +228,18 @@ def test_plan_and_dry_run_print_the_same(mini: Path, capsys: pytest.CaptureFixtu
     assert "    file    0644 0:0  /boot/firmware/cmdline.txt" in out
     assert "  image size known after the role build" in out
     assert not (mini / "output").exists()
+
+
+def test_build_checks_host_tools_before_the_first_slow_step(
+        mini: Path, own_cache: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from builder import preflight
+
+    tools = dict(preflight.STAGE_TOOLS)
+    tools["host"] = (*tools["host"], preflight.Tool("pibake-no-bmaptool", "bmap-tools"))
+    monkeypatch.setattr(preflight, "STAGE_TOOLS", tools)
+    code, out, err = run_cli(capsys, "-C", str(mini), "build", "--all")
+    assert (code, out) == (3, "")
+    assert err == ("pibake: error: host tools not found: pibake-no-bmaptool (host); install "
+                   "them: apt-get install bmap-tools\n")
+    assert not (own_cache / "rootfs").exists() and not (own_cache / "roles").exists()

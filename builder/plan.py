@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -116,7 +116,8 @@ def plan_host(inv: Inventory, host: str) -> HostPlan:
     vars = inv.host_vars(host)
     _check_admin(inv, profile, layers)
     bkey = base_key(base, str(node.model), inv.cluster.mirror)
-    envs = {layer.name: hook_env(inv.cluster, base.suite, arch, layer, vars) for layer in layers}
+    envs = {layer.name: MappingProxyType(hook_env(inv.cluster, base.suite, arch, layer, vars))
+            for layer in layers}
     plan = HostPlan(
         host=host, project=inv.root, cluster=inv.cluster, profile=profile, node=node,
         network=inv.network(host), vars=MappingProxyType(vars), layers=layers, base=base,
@@ -129,8 +130,6 @@ def plan_host(inv: Inventory, host: str) -> HostPlan:
 
 
 def _with_cache_state(plan: HostPlan) -> HostPlan:
-    from dataclasses import replace
-
     return replace(plan, base_cached=cache.entry(plan.base_dir, BASE_FILES) is not None,
                    role_cached=cache.entry(plan.role_dir, ROLE_FILES) is not None)
 

@@ -185,8 +185,9 @@ def test_interrupt_mid_role_build(built: dict[str, object]) -> None:
     assert isinstance(project, Path)
     # A hook unique to this run: its role is never in the cache (an earlier run
     # that was not interrupted would have left a finished one there).
-    hook = write(project / "layers/web/hooks.d/20-slow.sh",
-                 f"#!/bin/sh\n# run {time.time_ns()}\nsleep 120\n", 0o755)
+    seconds = 100000 + time.time_ns() % 100000     # also tells its sleep from others'
+    hook = write(project / "layers/web/hooks.d/20-slow.sh", f"#!/bin/sh\nsleep {seconds}\n",
+                 0o755)
     before = sha256_file(project / "output/node-01.img")
     # SIGINT at its default in the child even when this suite runs as a
     # background job (where the shell starts it ignored, and pibake would inherit that).
@@ -204,11 +205,21 @@ def test_interrupt_mid_role_build(built: dict[str, object]) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, seen + err
     assert "Traceback" not in err
-    left = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
-    assert left.stdout == "", "the hook's process survived Ctrl-C"
+    assert not _still_running(f"sleep {seconds}$"), "the hook's process survived Ctrl-C"
     mounts = Path("/proc/mounts").read_text()
     assert str(project) not in mounts and f".role.tmp-{proc.pid}-" not in mounts
     assert sha256_file(project / "output/node-01.img") == before   # every byte kept
     hook.unlink()
     again = pibake(project, "build", "node-01")
     assert again.returncode == 0, again.stderr
+
+
+def _still_running(pattern: str, grace: float = 10) -> bool:
+    """Whether a process matching ``pattern`` outlives a short grace period
+    (the group is killed with SIGTERM; an emulated process takes a moment)."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0:
+            return False
+        time.sleep(0.5)
+    return True

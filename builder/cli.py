@@ -163,6 +163,68 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
             click.echo(f"{host}: first boot done in {res.seconds:.1f}s{peak}")
 
 
+@cli.group()
+def secrets() -> None:
+    """The cluster's secrets store (outside git: $PIBAKE_SECRETS, cluster.secrets_dir
+    or secrets/ beside profiles/)."""
+
+
+@secrets.command("init")
+@click.pass_context
+def secrets_init(ctx: click.Context) -> None:
+    """Create every missing key, certificate and secret; never replace one."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    created = store.init()
+    click.echo(f"{store.shown}: {len(created)} created, "
+               f"{len(store.items()) - len(created)} already there")
+
+
+@secrets.command("list")
+@click.pass_context
+def secrets_list(ctx: click.Context) -> None:
+    """Names, kinds, creation dates and holders; never a value."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    store.check()
+    for name, kind, created, holders in store.listing():
+        click.echo(f"{name:36} {kind:13} {created:16}  {holders}")
+
+
+@secrets.command("rotate")
+@click.argument("name")
+@click.pass_context
+def secrets_rotate(ctx: click.Context, name: str) -> None:
+    """Replace NAME on purpose (and re-sign what depends on it)."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    renewed, rebuild = store.rotate(name)
+    click.echo(f"{store.shown}: renewed {', '.join(renewed)}; rebuild: "
+               f"pibake build {' '.join(rebuild)}")
+
+
+@cli.command("ssh-config")
+@click.pass_context
+def ssh_config(ctx: click.Context) -> None:
+    """Print the known_hosts line and a ~/.ssh/config block that verify every node
+    strictly against the cluster's host CA."""
+    from builder.content.secrets import Store
+
+    inv = _inventory(ctx)
+    store = Store.at(inv)
+    store.check()
+    known = store.read("known_hosts").strip()
+    click.echo(f"# ~/.ssh/known_hosts (the one line for the whole cluster):\n{known}\n")
+    click.echo("# ~/.ssh/config:")
+    for node in inv.cluster.nodes.values():
+        click.echo(f"Host {node.name} {node.name}.{inv.cluster.domain}\n"
+                   f"    HostName {node.ip}\n    User {inv.cluster.admin.user}\n"
+                   f"    HostKeyAlias {node.name}\n    StrictHostKeyChecking yes\n")
+
+
 @cli.command()
 @click.pass_context
 def bases(ctx: click.Context) -> None:

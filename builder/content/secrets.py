@@ -497,15 +497,14 @@ def accessor(inv: Inventory, layer_name: str, source: SecretSource | None,
     src: SecretSource = source if source is not None else StandIns(inv)
 
     def secret(name: str, part: str = "value") -> str:
-        kind = layer.secrets.get(name)
-        if kind is None and not (name in CA_SECRETS and part == "public"):
+        kind = layer.secrets.get(name) or CA_SECRETS.get(name)
+        if kind is not None and part not in PARTS[kind]:
+            raise ConfigError(f"{where()}: secret({name!r}, {part!r}): a {kind} has no part "
+                              f"{part!r} (known: {', '.join(PARTS[kind])})")
+        if kind is None or (name not in layer.secrets and part != "public"):
             raise ConfigError(f"{where()}: secret({name!r}): layer {layer.name} does not declare "
                               f"it; add '{name}: password|tsig|ssh-key' under secrets: in "
                               f"{layer.shown}/layer.yaml")
-        kind = kind or CA_SECRETS[name]
-        if part not in PARTS[kind]:
-            raise ConfigError(f"{where()}: secret({name!r}, {part!r}): a {kind} has no part "
-                              f"{part!r} (known: {', '.join(PARTS[kind])})")
         if part != "public":
             used.append(name)
         return src.value(name, part)

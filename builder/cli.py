@@ -135,11 +135,19 @@ def boot(ctx: click.Context, hosts: tuple[str, ...], image: Path | None, machine
         image or _project(ctx) / "output" / f"{host}.img", host=host, machine=Machine(machine),
         timeout=timeout, keep=keep, ssh_port=ssh_port,
         lan=LanSpec(lan_port) if lan_port else None, mac=nodes[host].mac,
-        ssh_user=inv.cluster.admin.user)
+        ssh_user=inv.cluster.admin.user, known_hosts=_known_hosts(inv))
     peak = f", qemu peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
     click.echo(f"{host}: first boot done in {result.seconds:.1f}s{peak}")
     if keep and result.ssh_command:
         click.echo(f"{host}: running (pid {result.pid}); ssh: {result.ssh_command}")
+
+
+def _known_hosts(inv):  # type: ignore[no-untyped-def]
+    """The store's @cert-authority line, for a kept VM's ssh command (None without a store)."""
+    from builder.content.secrets import Store
+
+    path = Store.at(inv).path / "known_hosts"
+    return path if path.is_file() else None
 
 
 def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str | None], *,

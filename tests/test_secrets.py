@@ -44,11 +44,6 @@ host_ca={{ secret("ssh_host_ca", "public") }}
 """
 
 
-@pytest.fixture(autouse=True)
-def no_env_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PIBAKE_SECRETS", raising=False)
-
-
 @pytest.fixture
 def proj(mini: Path) -> Path:
     write(mini / "layers/vault/layer.yaml", VAULT_YAML)
@@ -384,3 +379,18 @@ def test_ssh_config_prints_the_ca_line_and_a_strict_block(
     assert ("Host node-02 node-02.mini.lan\n    HostName 192.168.77.16\n    User admin\n"
             "    HostKeyAlias node-02\n    StrictHostKeyChecking yes\n") in out
     assert os.environ.get("PIBAKE_SECRETS") is None
+
+
+def test_declaring_secrets_never_rebuilds_a_role(proj: Path) -> None:
+    """secrets: is read in the host stage only: the layer's build hash (hence
+    the role cache key) is the same with or without it."""
+    from builder.inventory.layers import load_layer
+
+    with_secrets = load_layer(proj / "layers/vault", "layers/vault")
+    yaml = proj / "layers/vault/layer.yaml"
+    yaml.write_text(yaml.read_text().split("secrets:")[0])
+    without = load_layer(proj / "layers/vault", "layers/vault")
+    assert with_secrets.build_hash == without.build_hash
+    assert with_secrets.content_hash != without.content_hash
+    yaml.write_text(yaml.read_text().replace('"0600"', '"0640"'))          # modes: still counts
+    assert load_layer(proj / "layers/vault", "layers/vault").build_hash != without.build_hash

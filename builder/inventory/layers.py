@@ -150,7 +150,9 @@ def load_layer(path: Path, shown: str) -> Layer:
     content_hash = tree_hash(path)
     build_parts = [p for p in ("layer.yaml", "packages", "files", "hooks.d") if (path / p).exists()]
     build_parts += [p.name for p in sorted(path.glob("packages.*"))]
-    build_hash = tree_hash(path, only=build_parts)
+    # secrets: is read in the host stage only, so declaring one never rebuilds a role
+    build_hash = tree_hash(path, only=build_parts,
+                           text={"layer.yaml": _without_secrets(path / "layer.yaml")})
     return Layer(
         name=name, path=path, shown=shown, description=description, requires=requires,
         defaults=MappingProxyType(defaults), packages=packages,
@@ -327,8 +329,31 @@ def _scripts(base: Path, shown: str) -> tuple[Path, ...]:
     return tuple(result)
 
 
-def tree_hash(root: Path, only: list[str] | None = None) -> str:
-    """sha256 over every path, mode and content below ``root`` (lexical order)."""
+def _without_secrets(file: Path) -> bytes | None:
+    """layer.yaml without its top-level ``secrets:`` block (and the indented or
+    blank lines under it); unchanged bytes when it has none."""
+    if not file.is_file():
+        return None
+    data = file.read_bytes()
+    lines = data.splitlines(keepends=True)
+    if not any(line.startswith(b"secrets:") for line in lines):
+        return data
+    kept, skipping = [], False
+    for line in lines:
+        if line.startswith(b"secrets:"):
+            skipping = True
+            continue
+        if skipping and (line[:1] in (b" ", b"\t") or not line.strip()):
+            continue
+        skipping = False
+        kept.append(line)
+    return b"".join(kept)
+
+
+def tree_hash(root: Path, only: list[str] | None = None,
+              text: Mapping[str, bytes | None] | None = None) -> str:
+    """sha256 over every path, mode and content below ``root`` (lexical order);
+    ``text`` gives other content for some top-level files."""
     h = hashlib.sha256()
     names = sorted(only) if only is not None else sorted(os.listdir(root))
     for top in names:
@@ -346,7 +371,8 @@ def tree_hash(root: Path, only: list[str] | None = None) -> str:
             if stat.S_ISLNK(st.st_mode):
                 h.update(b"L" + os.readlink(p).encode())
             elif stat.S_ISREG(st.st_mode):
-                h.update(b"F" + p.read_bytes())
+                other = (text or {}).get(rel)
+                h.update(b"F" + (p.read_bytes() if other is None else other))
             else:
                 h.update(b"D")
             h.update(b"\0")

@@ -352,6 +352,8 @@ def test_machine_id_comes_from_the_host_secret(proj: Path) -> None:
         assert ids[host] != name_machine_id("mini", host)       # not derivable from names
         assert len(ids[host]) == 32 and ids[host][12] == "4"
     assert ids["node-01"] != ids["node-02"]
+    links = {e.path: e.target for e in delta.root if e.kind == "symlink"}
+    assert links["/var/lib/dbus/machine-id"] == "/etc/machine-id"   # not dbus's role-wide copy
     Store.at(inv).rotate("node-01/host_secret")
     delta, _, _ = host_identity(load_inventory(proj), "node-01", FACTS)
     assert _files(delta.root)["/etc/machine-id"].decode().strip() != ids["node-01"]

@@ -77,6 +77,8 @@ def test_each_image_carries_only_its_own_secrets(built: tuple[Path, Path, dict[s
         assert read_ext4(root, "/etc/ssh/ssh_host_ed25519_key-cert.pub") == (
             store.path / f"hosts/{host}/ssh_host_ed25519_key-cert.pub").read_bytes()
         assert read_ext4(root, "/etc/machine-id").decode().strip() == machine_id(store, host)
+        assert "Fast link dest: \"/etc/machine-id\"" in debugfs(root,
+                                                                 "stat /var/lib/dbus/machine-id")
         assert read_ext4(root, "/etc/web/token") == (
             f"# managed by pibake, layer web (etc/web/token.j2); local edits are lost on "
             f"rebuild\ntoken={token}\n").encode()

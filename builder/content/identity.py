@@ -76,6 +76,10 @@ def host_identity(inv: Inventory, host: str, facts: RoleFacts
               "host key is signed by the cluster's host CA\n" + store.read("known_hosts"), 0o644),
         _file(TLS_ROOT, store.read("ca/tls_root_ca.crt"), 0o644),
         _file("/etc/machine-id", machine_id(store, host) + "\n", 0o444),
+        # dbus's postinst wrote its own id into the cached role, the same in every
+        # image of the role; Debian makes it a link to /etc/machine-id
+        Entry(path="/var/lib/dbus/machine-id", kind="symlink", target="/etc/machine-id",
+              mode=0o777),
     ]
     held = store.items()
     cas = [(n, f) for n, f in (("ssh_host_ca", "ssh_host_ca"), ("ssh_user_ca", "ssh_user_ca"),

@@ -396,3 +396,24 @@ def test_declaring_secrets_never_rebuilds_a_role(proj: Path) -> None:
     assert with_secrets.content_hash != without.content_hash
     yaml.write_text(yaml.read_text().replace('"0600"', '"0640"'))          # modes: still counts
     assert load_layer(proj / "layers/vault", "layers/vault").build_hash != without.build_hash
+
+
+def test_a_new_address_gets_a_new_certificate_for_the_same_key(
+        proj: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Store.at(load_inventory(proj)).init()
+    s = proj / "secrets/hosts/node-01"
+    key, cert = (s / "ssh_host_ed25519_key").read_bytes(), (s / "ssh_host_ed25519_key-cert.pub")
+    old_cert = cert.read_bytes()
+    cluster = proj / "profiles/cluster.yaml"
+    cluster.write_text(cluster.read_text().replace("192.168.77.15", "192.168.77.25"))
+    capsys.readouterr()
+    host_identity(load_inventory(proj), "node-01", FACTS)
+    assert (s / "ssh_host_ed25519_key").read_bytes() == key and cert.read_bytes() != old_cert
+    listed = subprocess.run(["ssh-keygen", "-L", "-f", cert], capture_output=True, text=True,
+                            check=True).stdout
+    assert listed.split("Principals:")[1].split()[:3] == ["node-01", "node-01.mini.lan",
+                                                         "192.168.77.25"]
+    assert ("pibake: secrets/hosts/node-01/ssh_host_ed25519_key-cert.pub: re-signed for "
+            "node-01's current names (node-01, node-01.mini.lan, 192.168.77.25); rebuild "
+            "node-01\n") in capsys.readouterr().err
+    assert "192.168.77.25" in (proj / "secrets/known_hosts").read_text()

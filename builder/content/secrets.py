@@ -342,10 +342,8 @@ class Store:
         return the names created. Never replaces a complete item."""
         created = []
         items = self.items()
-        order = ["ssh_host_ca"] + [n for n in names if n != "ssh_host_ca"] \
-            if any(items[n].kind == "ssh-host-cert" for n in names) else names
         with self.locked():
-            for n in order:
+            for n in names:
                 item = items[n]
                 if self.complete(item):
                     continue
@@ -353,8 +351,22 @@ class Store:
                 created.append(n)
             for n in names:
                 self.validate(items[n])
+                if items[n].kind == "ssh-host-cert" and n not in created:
+                    self._resign_if_renamed(items[n])
             self._write_known_hosts()
         return created
+
+    def _resign_if_renamed(self, item: Item) -> None:
+        """A host whose name or address changed gets a certificate for the new
+        ones (the key stays): a stale one would fail every strict client."""
+        host = item.name.split("/", 1)[0]
+        out = run([which("ssh-keygen", "openssh-client"), "-L", "-f",
+                   self.path / item.files[-1]], capture=True, what="ssh-keygen -L").stdout
+        listed = out.decode().split("Principals:", 1)[-1].split("Critical Options:", 1)[0]
+        if listed.split() != principals(self.inv, host):
+            self._write(item)
+            log.notice(f"{self.shown}/{item.files[-1]}: re-signed for {host}'s current names "
+                       f"({', '.join(principals(self.inv, host))}); rebuild {host}")
 
     def validate(self, item: Item) -> None:
         for rel in item.files:

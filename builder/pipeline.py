@@ -394,7 +394,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
                       "partuuids": {"boot": partuuid(disk, 1), "root": partuuid(disk, 2)}},
             "secrets": secrets,
         }
-        write_manifest(stage / f"{host}.manifest.json", manifest)
+        write_manifest(stage / f"{host}.manifest.json", manifest, mode=mode)
         _publish(stage, out_dir, host)
     return sha
 

@@ -70,7 +70,8 @@ def test_each_image_carries_only_its_own_secrets(built: tuple[Path, Path, dict[s
     for host in HOSTS:
         other = next(h for h in HOSTS if h != host)
         img = project / f"output/{host}.img"
-        assert stat.S_IMODE(img.stat().st_mode) == 0o600        # it holds secrets
+        for f in (img, *img.parent.glob(f"{host}.*")):           # it holds secrets
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
         root = root_of(img, tmp_path / f"{host}.ext4")
         assert read_ext4(root, "/etc/ssh/ssh_host_ed25519_key") == keys[host] != keys[other]
         assert "Mode:  0600" in debugfs(root, "stat /etc/ssh/ssh_host_ed25519_key")

@@ -56,7 +56,7 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "did you mean 'layers'?"),
     ("unknown-key-cluster", "profiles/cluster.yaml", "  domain:", "  domian:",
      "profiles/cluster.yaml: cluster.domian: unknown key (known: admin, domain, mirror, name, "
-     "timezone); did you mean 'domain'?"),
+     "secrets_dir, timezone); did you mean 'domain'?"),
     ("duplicate-ip", "profiles/cluster.yaml", "ip: 192.168.77.16", "ip: 192.168.77.15",
      "profiles/cluster.yaml: nodes.node-02.ip: 192.168.77.15 is already the address of node-01; "
      "every node needs its own"),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, cache, log
+from builder.content.checkers import check_rendered
 from builder.content.hostlayer import RoleFacts, disk_id, host_delta
 from builder.content.render import render_host
 from builder.errors import BuildError, NoSpaceError
@@ -40,6 +41,7 @@ from builder.image.assemble import (
 from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
 from builder.inventory.bases import Base, BaseKind
 from builder.inventory.config import Inventory
+from builder.inventory.facts import secret_names
 from builder.inventory.layers import Layer
 from builder.run import run, which
 
@@ -335,7 +337,8 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
                 compression: Compression = Compression.none) -> BuildResult:
     start = time.monotonic()
     profile = inv.profile(host)
-    render_host(inv, host)  # templates are verified before any slow work
+    # templates are rendered and each daemon config checked before any slow work
+    check_rendered(host, render_host(inv, host))
     base = base_artifact(inv, host)
     role, cached = role_artifact(inv, host, base)
     if cached:
@@ -355,7 +358,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
     profile = inv.profile(host)
     delta = host_delta(inv, host, role.facts)
     disk = disk_id(inv.cluster.name, host)
-    secrets: list[str] = []
+    secrets: list[str] = secret_names(inv, host)
     mode = image_mode(bool(secrets))
     with log.step(f"host image {host}"), tempfile.TemporaryDirectory(
             dir=out_dir, prefix=f".{host}.tmp-{os.getpid()}-") as s:

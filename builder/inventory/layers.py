@@ -23,6 +23,7 @@ from typing import Any
 
 from builder.errors import ConfigError
 from builder.inventory.schema import VAR_RE, Reader, known_list, load_yaml, short, suggest
+from builder.inventory.vartypes import load_types
 
 LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 SCRIPT_RE = re.compile(r"^[0-9]{2}-[A-Za-z0-9][A-Za-z0-9_.-]*\.sh$")
@@ -60,6 +61,7 @@ class Layer:
     firstboot: tuple[Path, ...]
     content_hash: str                       # every file of the layer
     build_hash: str = field(default="")     # the parts that shape the role rootfs
+    types: Mapping[str, str] = field(default_factory=dict)  # var -> vartypes name
 
     def packages_for(self, suite: str) -> tuple[str, ...]:
         return self.package_overrides.get(suite, self.packages)
@@ -108,12 +110,13 @@ def load_layer(path: Path, shown: str) -> Layer:
 
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
-                  f"{shown}/layer.yaml", "", ["description", "requires", "modes"])
+                  f"{shown}/layer.yaml", "", ["description", "requires", "modes", "types"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     modes = _modes(meta)
 
     defaults = _load_defaults(path, shown, name)
+    types = load_types(meta, defaults)
     packages = _load_packages(path / "packages", f"{shown}/packages") \
         if (path / "packages").exists() else ()
     overrides = {
@@ -135,6 +138,7 @@ def load_layer(path: Path, shown: str) -> Layer:
         defaults=MappingProxyType(defaults), packages=packages,
         package_overrides=MappingProxyType(overrides), files=files, templates=templates,
         hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
+        types=MappingProxyType(types),
     )
 
 

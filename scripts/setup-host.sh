@@ -8,6 +8,8 @@ PACKAGES="
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-utils ipxe-qemu seabios
   mmdebstrap debian-archive-keyring ca-certificates
   bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client
+  kea-dhcp4-server kea-ctrl-agent isc-dhcp-server isc-dhcp-client bind9 bind9-utils
+  bind9-dnsutils chrony iproute2
 "
 
 if [ "$(id -u)" -ne 0 ]; then

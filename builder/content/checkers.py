@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.content.render import Rendered
-from builder.errors import ConfigError
+from builder.errors import ConfigError, PreflightError
 from builder.run import run, which
 
 Argv = list[str]
@@ -85,10 +85,11 @@ CHECKERS: tuple[Checker, ...] = (
             _kea),
     Checker("kea-ctrl-agent -t", r"/etc/kea/kea-ctrl-agent\.conf", "kea-ctrl-agent",
             "kea-ctrl-agent", _kea),
-    Checker("named-checkconf -z", r"/etc/bind/named\.conf.*", "named-checkconf", "bind9-utils",
-            _named_conf),
+    # zones first: a bad zone is named by its own file, not by named.conf's test load
     Checker("named-checkzone", r"/etc/bind/.*/db\.[^/]+", "named-checkzone", "bind9-utils",
             _zone),
+    Checker("named-checkconf -z", r"/etc/bind/named\.conf.*", "named-checkconf", "bind9-utils",
+            _named_conf),
     Checker("chronyd -p", r"/etc/chrony/chrony\.conf", "chronyd", "chrony", _chrony),
     Checker("dhcpd -t", r"/etc/dhcp/dhcpd\.conf", "dhcpd", "isc-dhcp-server", _dhcpd),
 )
@@ -98,13 +99,30 @@ def checks_for(rendered: Sequence[Rendered]) -> list[tuple[Checker, str]]:
     """(checker, file) pairs to run; named-checkconf once for all of named.conf*."""
     result: list[tuple[Checker, str]] = []
     seen: set[str] = set()
-    for r in rendered:
-        for c in CHECKERS:
+    for c in CHECKERS:
+        for r in rendered:
             once = c.tool == "named-checkconf" and c.name in seen
             if re.fullmatch(c.dest, r.dest) and not once:
                 result.append((c, r.dest))
                 seen.add(c.name)
     return result
+
+
+def _tools(needed: Sequence[Checker]) -> dict[str, str]:
+    """Each checker's path; every missing one in one line, before any check runs."""
+    found: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for c in needed:
+        try:
+            found[c.tool] = which(c.tool, c.package)
+        except PreflightError:
+            missing[c.tool] = c.package
+    if missing:
+        tools = ", ".join(sorted(missing))
+        packages = " ".join(sorted(set(missing.values())))
+        raise PreflightError(f"daemon config checker(s) not found: {tools}; install them: "
+                             f"apt-get install {packages} (or run make setup)")
+    return found
 
 
 def _stage(root: Path, rendered: Sequence[Rendered]) -> None:
@@ -126,12 +144,16 @@ def check_rendered(host: str, rendered: Sequence[Rendered]) -> int:
     todo = checks_for(rendered)
     if not todo:
         return 0
-    tools = {c.tool: which(c.tool, c.package) for c, _ in todo}  # all missing ones up front
+    tools = _tools([c for c, _ in todo])
     with tempfile.TemporaryDirectory(prefix="pibake-check-") as tmp:
         root = Path(tmp)
         _stage(root, rendered)
         for checker, dest in todo:
-            for argv in checker.argv(tools[checker.tool], root, dest):
+            try:
+                commands = checker.argv(tools[checker.tool], root, dest)
+            except ConfigError as exc:
+                raise ConfigError(f"{host}: {exc}") from None
+            for argv in commands:
                 proc = run(argv, capture=True, check=False, what=checker.name)
                 if proc.returncode != 0:
                     raise ConfigError(f"{host}: {dest}: {checker.name} failed: "

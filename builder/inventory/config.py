@@ -40,7 +40,7 @@ from typing import Any
 
 from builder.errors import ConfigError
 from builder.inventory.bases import CATALOG, Base, BaseKind, Model
-from builder.inventory.facts import check_lanmain
+from builder.inventory.facts import check_lanmain, check_lanmain_pair
 from builder.inventory.layers import Layer, load_layers
 from builder.inventory.schema import (
     Reader,
@@ -178,6 +178,7 @@ def load_inventory(root: Path) -> Inventory:
         )
     inv = Inventory(root=root, cluster=cluster, layers=MappingProxyType(layers),
                     profiles=MappingProxyType(profiles))
+    check_lanmain_pair(inv)
     check_vars(inv)
     check_lanmain(inv)
     return inv

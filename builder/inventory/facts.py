@@ -40,8 +40,9 @@ def pair(inv: Inventory) -> list[str]:
     return inv.groups().get(LAYER, [])
 
 
-def check_lanmain(inv: Inventory) -> None:
-    """Exactly two hosts, one network, one primary, one set of shared values."""
+def check_lanmain_pair(inv: Inventory) -> None:
+    """Exactly two hosts on one network (checked before the typed vars, which
+    are checked against each host's network)."""
     hosts = pair(inv)
     if not hosts:
         return
@@ -58,6 +59,14 @@ def check_lanmain(inv: Inventory) -> None:
         raise ConfigError(f"profiles/cluster.yaml: nodes.{b}.network: {nb.network!r}: the "
                           f"lanmain pair must share one network and {a} is on {na.network!r}; "
                           f"put both on one network")
+
+
+def check_lanmain(inv: Inventory) -> None:
+    """One primary of the pair, one set of shared values, a DHCP server the base has."""
+    hosts = pair(inv)
+    if not hosts:
+        return
+    a, b = hosts
     va, vb = inv.host_vars(a), inv.host_vars(b)
     for key in sorted(inv.layers[LAYER].defaults):
         if va.get(key) != vb.get(key):

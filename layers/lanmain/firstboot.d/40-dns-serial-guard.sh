@@ -6,7 +6,7 @@
 # image's zone instead of keeping its newer copy. Waits up to 3 minutes for the
 # secondary; if it does not answer, the primary's serial stands (a fresh pair).
 set -eu
-. /etc/pibake/lanmain.env
+. "${LANMAIN_ENV:-/etc/pibake/lanmain.env}"
 [ "$LANMAIN_ROLE" = primary ] || { echo "40-dns-serial-guard: secondary, nothing to do"; exit 0; }
 
 serial_of() {  # zone -> the secondary's serial, or nothing
@@ -40,4 +40,4 @@ for zone in $LANMAIN_ZONES; do
         echo "40-dns-serial-guard: $zone serial $mine (secondary: ${remote:-no answer})"
     fi
 done
-if [ "$changed" = 1 ] && systemctl is-active --quiet named; then rndc reload; fi
+if [ "$changed" = 1 ] && systemctl is-active --quiet named 2>/dev/null; then rndc reload; fi

@@ -26,6 +26,13 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
+# The DHCP and DNS servers are here for their config checkers (pibake check) and
+# the network-namespace tests only: they must never serve this machine's LAN.
+if [ -d /run/systemd/system ]; then
+    for unit in kea-dhcp4-server kea-ctrl-agent isc-dhcp-server named; do
+        systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    done
+fi
 
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
     mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc

@@ -14,7 +14,7 @@ serial_of() {  # zone -> the secondary's serial, or nothing
         | awk 'NF >= 3 { print $3; exit }'
 }
 local_serial() {  # file -> its SOA serial (the line marked "; serial")
-    awk '/; serial/ { print $1; exit }' "$1"
+    awk '$2 == ";" && $3 == "serial" { print $1; exit }' "$1"
 }
 newer() {  # a b -> true when a is after b in RFC 1982 serial arithmetic
     [ "$1" != "$2" ] && [ $(( ($1 - $2 + 4294967296) % 4294967296 )) -lt 2147483648 ]

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.netns
 TOOLS = ("ip", "kea-dhcp4", "kea-ctrl-agent", "named", "dig", "dhclient")
 HERE = Path(__file__).resolve().parent.parent
 GUARD = HERE / "layers/lanmain/firstboot.d/40-dns-serial-guard.sh"
+CHECKS = HERE / "layers/lanmain/files/usr/local/lib/pibake/checks.d"
 ADDR = {"lm-a": "10.77.0.11", "lm-b": "10.77.0.12", "cl": "10.77.0.21"}
 # Short HA timings so a failover happens in seconds (the image keeps Kea's defaults).
 FAST_HA = {"lanmain_interface": "lan0", "lanmain_ha_heartbeat_delay_ms": 1000,
@@ -144,6 +145,19 @@ def rendered(project: Path, host: str) -> dict[str, Rendered]:
     return {r.dest: r for r in render_host(load_inventory(project), host)}
 
 
+def run_check(lab: Lab, project: Path, host: str, check: str, moved: dict[str, str],
+              ) -> subprocess.CompletedProcess[str]:
+    """One of the image's checks.d scripts, in ``host``'s namespace, with its env file
+    (rendered for the image) pointing at the test's copies of the files it reads."""
+    text = rendered(project, host)["/etc/pibake/lanmain.env"].data.decode()
+    for old, new in moved.items():
+        text = text.replace(old, new)
+    env = lab.folder / f"{host}-lanmain.env"
+    env.write_text(text)
+    extra = [f"{k}={v}" for k, v in moved.items() if k.startswith("LANMAIN_")]
+    return lab.run(host, "env", f"LANMAIN_ENV={env}", *extra, "sh", str(CHECKS / check))
+
+
 # --- Kea HA ----------------------------------------------------------------------------------
 
 
@@ -242,6 +256,9 @@ def test_kea_ha_pair_serves_syncs_fails_over_and_resyncs_a_rebuilt_peer(
     a.start()
     b.start()
     wait_for("both peers in hot-standby", lambda: a.state() == b.state() == "hot-standby", 45)
+    check = run_check(lab, project, "lm-b", "40-lanmain-dhcp-ha.sh",
+                      {"LANMAIN_KEA_AGENT_CONF": str(b.dir / "kea-ctrl-agent.conf")})
+    assert (check.returncode, check.stdout) == (0, "kea HA state hot-standby (partner lm-a)\n")
 
     first = dhcp_client(lab, "first")
     assert 100 <= int(first["address"].rsplit(".", 1)[1]) <= 150
@@ -252,6 +269,9 @@ def test_kea_ha_pair_serves_syncs_fails_over_and_resyncs_a_rebuilt_peer(
 
     a.kill()  # the primary fails
     wait_for("standby takes over (partner-down)", lambda: b.state() == "partner-down", 30)
+    check = run_check(lab, project, "lm-b", "40-lanmain-dhcp-ha.sh",
+                      {"LANMAIN_KEA_AGENT_CONF": str(b.dir / "kea-ctrl-agent.conf")})
+    assert (check.returncode, check.stdout) == (1, "kea HA state partner-down (partner lm-a)\n")
     again = dhcp_client(lab, "again")
     assert again["address"] == first["address"]
 
@@ -338,6 +358,11 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
     assert len(records(with_key)) == 7 and records(with_key) == records(primary_axfr)
     assert "Transfer failed." in dig(lab, f"@{pb}", "pair.lan", "AXFR")
     assert "Transfer failed." in dig(lab, f"@{pa}", "pair.lan", "AXFR")
+    check = run_check(lab, project, "lm-b", "41-lanmain-dns.sh",
+                      {"/etc/bind/pibake/xfer.key": str(b.key)})
+    assert (check.returncode, check.stdout) == (
+        0, "serials here/lm-a: pair.lan 1764633600/1764633600 0.77.10.in-addr.arpa "
+           "1764633600/1764633600; AXFR without key refused\n")
 
     # NOTIFY: a change on the primary reaches the secondary without waiting for refresh
     zone = a.files["/etc/bind/pibake/db.forward"]
@@ -349,6 +374,11 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
 
     # An older image of the primary (lower serial): the guard raises it above the secondary's
     a.stop()
+    check = run_check(lab, project, "lm-b", "41-lanmain-dns.sh",
+                      {"/etc/bind/pibake/xfer.key": str(b.key)})
+    assert (check.returncode, check.stdout) == (
+        1, "serials here/lm-a: pair.lan 1764633601/none 0.77.10.in-addr.arpa 1764633600/none; "
+           "AXFR without key refused\n")
     zone.write_text(zone.read_text().replace("1764633601 ; serial", "1764600000 ; serial")
                     .replace("new-host\tIN A\t10.77.0.99\n", "old-image\tIN A\t10.77.0.98\n"))
     env = lab.folder / "lanmain.env"

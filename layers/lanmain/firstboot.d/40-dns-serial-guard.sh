@@ -11,7 +11,7 @@ set -eu
 
 serial_of() {  # zone -> the secondary's serial, or nothing
     dig +short +time=2 +tries=1 -k "$LANMAIN_TSIG_KEY" @"$LANMAIN_PEER_IP" "$1" SOA \
-        | awk 'NF >= 3 { print $3; exit }'
+        | awk '/^[0-9a-zA-Z]/ && $3 ~ /^[0-9]+$/ { print $3; exit }'
 }
 local_serial() {  # file -> its SOA serial (the line marked "; serial")
     awk '$2 == ";" && $3 == "serial" { print $1; exit }' "$1"

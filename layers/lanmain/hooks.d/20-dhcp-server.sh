@@ -10,7 +10,7 @@ kea)
     ;;
 isc-dhcp)
     for u in $units_kea; do
-        if systemctl cat "$u" >/dev/null 2>&1; then systemctl disable "$u"; fi
+        if [ -e "/lib/systemd/system/$u" ]; then systemctl disable "$u"; fi
     done
     systemctl enable isc-dhcp-server
     ;;

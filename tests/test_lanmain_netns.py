@@ -394,3 +394,47 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
     wait_for("secondary took the rebuilt primary's zone",
              lambda: dig(lab, "+short", f"@{pb}", "old-image.pair.lan").strip() == "10.77.0.98",
              30)
+
+
+# --- ISC dhcpd failover (the stretch choice) ----------------------------------------------
+
+
+def test_isc_dhcpd_failover_pair_reaches_normal_and_shares_a_lease(
+        tmp_path: Path, lab: Lab) -> None:
+    project = make_lanmain_project(
+        tmp_path / "project",
+        vars={"lanmain_dhcp_server": "isc-dhcp", "lanmain_dhcp_mclt": 10,
+              "lanmain_interface": "lan0"})
+    lab.build({"lm-a": ADDR["lm-a"], "lm-b": ADDR["lm-b"], "cl": None})
+    leases = {}
+    for host in ("lm-a", "lm-b"):
+        folder = lab.folder / f"{host}-dhcpd"
+        folder.mkdir()
+        conf = folder / "dhcpd.conf"
+        conf.write_bytes(rendered(project, host)["/etc/dhcp/dhcpd.conf"].data)
+        leases[host] = folder / "dhcpd.leases"
+        leases[host].touch()
+        lab.start(f"{host}-dhcpd", host, ["dhcpd", "-4", "-f", "-d", "-cf", str(conf),
+                                          "-lf", str(leases[host]), "-pf",
+                                          str(folder / "pid"), "lan0"])
+
+    def both_normal() -> bool:
+        return all(run_check(lab, project, h, "40-lanmain-dhcp-ha.sh",
+                             {"LANMAIN_DHCPD_LEASES": str(leases[h])}).returncode == 0
+                   for h in leases)
+
+    wait_for("both failover peers normal", both_normal, 75)
+    check = run_check(lab, project, "lm-a", "40-lanmain-dhcp-ha.sh",
+                      {"LANMAIN_DHCPD_LEASES": str(leases["lm-a"])})
+    assert check.stdout == "failover lanmain: me normal, partner (lm-b) normal\n"
+    assert "failover peer lanmain: Both servers normal" in lab.log("lm-a-dhcpd")
+    got = dhcp_client(lab, "isc")
+    assert got["domain-name-servers"] == got["ntp-servers"] == "10.77.0.11,10.77.0.12"
+
+    def active_on(host: str) -> bool:
+        text = leases[host].read_text()
+        return bool(re.search(rf"lease {re.escape(got['address'])} {{[^}}]*binding state "
+                              r"active;", text))
+
+    wait_for("the lease is active in both lease files",
+             lambda: active_on("lm-a") and active_on("lm-b"), 15)

@@ -363,6 +363,11 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
     assert (check.returncode, check.stdout) == (
         0, "serials here/lm-a: pair.lan 1764633600/1764633600 0.77.10.in-addr.arpa "
            "1764633600/1764633600; AXFR without key refused\n")
+    wrong = lab.folder / "wrong.key"
+    wrong.write_text(re.sub(r'secret "[^"]+"', 'secret "' + "A" * 43 + '="', b.key.read_text()))
+    check = run_check(lab, project, "lm-b", "41-lanmain-dns.sh",
+                      {"/etc/bind/pibake/xfer.key": str(wrong)})
+    assert check.returncode == 1 and "tsig indicates error" in check.stdout, check.stdout
 
     # NOTIFY: a change on the primary reaches the secondary without waiting for refresh
     zone = a.files["/etc/bind/pibake/db.forward"]
@@ -378,7 +383,8 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
                       {"/etc/bind/pibake/xfer.key": str(b.key)})
     assert (check.returncode, check.stdout) == (
         1, "serials here/lm-a: pair.lan 1764633601/none 0.77.10.in-addr.arpa 1764633600/none; "
-           "AXFR without key refused\n")
+           "AXFR without key refused (10.77.0.11: connection refused; 10.77.0.11: connection "
+           "refused;)\n")
     zone.write_text(zone.read_text().replace("1764633601 ; serial", "1764600000 ; serial")
                     .replace("new-host\tIN A\t10.77.0.99\n", "old-image\tIN A\t10.77.0.98\n"))
     env = lab.folder / "lanmain.env"

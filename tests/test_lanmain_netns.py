@@ -401,6 +401,16 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
              lambda: dig(lab, "+short", f"@{pb}", "old-image.pair.lan").strip() == "10.77.0.98",
              30)
 
+    # A rebuilt secondary (no zone copy) pulls both zones again
+    b.stop()
+    shutil.rmtree(b.dir / "cache")
+    (b.dir / "cache").mkdir()
+    b.start()
+    wait_for("rebuilt secondary transferred the zones",
+             lambda: serial(lab, pb) == 1764633602
+             and serial(lab, pb, "0.77.10.in-addr.arpa") == serial(lab, pa, "0.77.10.in-addr.arpa"),
+             30)
+
 
 # --- ISC dhcpd failover (the stretch choice) ----------------------------------------------
 

@@ -403,6 +403,10 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
 
     # A rebuilt secondary (no zone copy) pulls both zones again
     b.stop()
+    alone = lab.run("lm-a", "env", f"LANMAIN_ENV={env}", "LANMAIN_GUARD_WAIT=3", "sh", str(GUARD),
+                    timeout=60)   # no secondary: the primary's serial stands, the step passes
+    assert alone.returncode == 0, alone.stderr
+    assert "pair.lan serial 1764633602 (secondary: no answer)" in alone.stdout
     shutil.rmtree(b.dir / "cache")
     (b.dir / "cache").mkdir()
     b.start()

@@ -3,8 +3,9 @@
 # On the DNS primary: never publish a serial lower than the secondary's. When
 # an older image is flashed (or the clock was behind at build time), the zone
 # serial is raised to the secondary's + 1, so the secondary transfers this
-# image's zone instead of keeping its newer copy. Waits up to 3 minutes for the
-# secondary; if it does not answer, the primary's serial stands (a fresh pair).
+# image's zone instead of keeping its newer copy. Waits up to a minute for the
+# secondary; if it does not answer, the primary's serial (the build time) stands:
+# a fresh pair, or a secondary that is down too.
 set -eu
 . "${LANMAIN_ENV:-/etc/pibake/lanmain.env}"
 [ "$LANMAIN_ROLE" = primary ] || { echo "40-dns-serial-guard: secondary, nothing to do"; exit 0; }
@@ -20,7 +21,7 @@ newer() {  # a b -> true when a is after b in RFC 1982 serial arithmetic
     [ "$1" != "$2" ] && [ $(( ($1 - $2 + 4294967296) % 4294967296 )) -lt 2147483648 ]
 }
 
-deadline=$(( $(date +%s) + 180 ))
+deadline=$(( $(date +%s) + ${LANMAIN_GUARD_WAIT:-60} ))
 changed=0
 set -- $LANMAIN_ZONE_FILES
 for zone in $LANMAIN_ZONES; do

@@ -45,14 +45,17 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Validate every profile, layer and template without touching an image."""
+    from builder.content.checkers import check_rendered
     from builder.content.render import render_host
 
     inv = _inventory(ctx)
-    count = 0
+    count = checked = 0
     for host in inv.profiles:
-        count += len(render_host(inv, host))
+        rendered = render_host(inv, host)
+        count += len(rendered)
+        checked += check_rendered(host, rendered)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
-               f"{count} templates rendered")
+               f"{count} templates rendered, {checked} configs passed their daemon's checker")
 
 
 @cli.command()

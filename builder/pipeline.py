@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, cache, log
+from builder.content.checkers import check_rendered
 from builder.content.hostlayer import RoleFacts, disk_id
 from builder.content.identity import host_identity
 from builder.content.render import render_host
@@ -336,7 +337,8 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
                 compression: Compression = Compression.none) -> BuildResult:
     start = time.monotonic()
     profile = inv.profile(host)
-    render_host(inv, host)  # templates are verified before any slow work
+    # templates are rendered and each daemon config checked before any slow work
+    check_rendered(host, render_host(inv, host))
     base = base_artifact(inv, host)
     role, cached = role_artifact(inv, host, base)
     if cached:

@@ -164,6 +164,42 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
 
 
 @cli.command()
+@click.argument("host")
+@click.argument("device", type=click.Path(path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for the host name to be typed back.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding HOST.img (default: <project>/output).")
+@click.option("--max-size", default="256G", show_default=True,
+              help="Refuse a device larger than this (an SD card is smaller).")
+@click.option("--allow-fixed", is_flag=True,
+              help="Allow a disk that is neither removable nor hot-plugged.")
+@click.option("--stale-ok", is_flag=True,
+              help="Flash an image built before its inventory or layers changed.")
+@click.option("--allow-file", is_flag=True, help="DEVICE may be a plain file (for tests).")
+@click.pass_context
+def flash(ctx: click.Context, host: str, device: Path, yes: bool, output: Path | None,
+          max_size: str, allow_fixed: bool, stale_ok: bool, allow_file: bool) -> None:
+    """Write output/HOST.img to DEVICE (an SD card), read it back and compare."""
+    from builder.errors import FlashError
+    from builder.image import flash as flashing
+
+    plan = flashing.plan_for_host(
+        _inventory(ctx), host, device, output or _project(ctx) / "output", stale_ok=stale_ok,
+        allow_file=allow_file, max_size=flashing.parse_size(max_size), allow_fixed=allow_fixed)
+    if not yes:
+        for line in plan.describe():
+            click.echo(line, err=True)
+        typed = click.prompt(f"type the host name ({host}) to write it", default="",
+                             show_default=False, err=True)
+        if typed.strip() != host:
+            raise FlashError(f"{device}: typed {typed.strip()!r}, not {host!r}; nothing was "
+                             "written")
+    result = flashing.write_plan(plan)
+    click.echo(f"{result.device}: {result.host} written and verified, sha256 {result.sha256}, "
+               f"{result.data_bytes / 2**20:.0f} MiB in {result.seconds:.1f}s ({result.tool})")
+
+
+@cli.command()
 @click.pass_context
 def bases(ctx: click.Context) -> None:
     """List the bases profiles can start from."""

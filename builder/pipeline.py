@@ -37,6 +37,7 @@ from builder.image.assemble import (
     make_vfat,
     partuuid,
 )
+from builder.image.inputs import image_inputs
 from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
 from builder.inventory.bases import Base, BaseKind
 from builder.inventory.config import Inventory
@@ -393,6 +394,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
                       "disk_id": f"0x{disk:08x}",
                       "partuuids": {"boot": partuuid(disk, 1), "root": partuuid(disk, 2)}},
             "secrets": secrets,
+            "inputs": image_inputs(inv, host),
         }
         write_manifest(stage / f"{host}.manifest.json", manifest)
         _publish(stage, out_dir, host)

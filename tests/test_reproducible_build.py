@@ -1,0 +1,48 @@
+"""Integration: the same host built twice from a warm cache, and once more
+with its role built again from nothing, gives the same image bytes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder import cache
+from tests.conftest import make_mini_project
+
+pytestmark = pytest.mark.integration
+
+
+def build(project: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), "build",
+                           "node-01"], capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def sha(project: Path) -> str:
+    return (project / "output/node-01.img.sha256").read_text().split()[0]
+
+
+def test_rebuilds_are_bit_identical(tmp_path: Path) -> None:
+    project = make_mini_project(tmp_path / "proj")
+    build(project)
+    first = sha(project)
+    time.sleep(2.1)  # past FAT's two-second resolution
+    again = build(project)
+    assert "(role cached)" in again.stdout
+    assert sha(project) == first
+
+    # A cold role: a cache of its own that shares only the base and the .debs.
+    cold = tmp_path / "cache"
+    cold.mkdir()
+    for part in ("rootfs", "apt"):
+        os.symlink(cache.cache_dir() / part, cold / part)
+    third = build(project, {"PIBAKE_CACHE": str(cold)})
+    assert "(role cached)" not in third.stdout
+    assert sha(project) == first

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,16 +84,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+_STALE_RE = re.compile(r"\.(?:tmp|old)-(\d+)(?:-|$)")
+
+
 def clean_stale(root: Path) -> None:
     """Remove temporaries left by a killed build (``.*.tmp-PID`` whose PID is gone)."""
     if not root.exists():
         return
     for entry in root.iterdir():
         name = entry.name
-        if not name.startswith(".") or (".tmp-" not in name and ".old-" not in name):
+        # ".x.tmp-PID" (atomic_file/dir) or ".x.tmp-PID-RANDOM" (TemporaryDirectory):
+        # the PID is the number right after the marker, whatever follows it.
+        m = _STALE_RE.search(name)
+        if not name.startswith(".") or m is None:
             continue
-        pid = name.rsplit("-", 1)[-1]
-        if pid.isdigit() and Path(f"/proc/{pid}").exists():
+        if Path(f"/proc/{m.group(1)}").exists():
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -76,9 +76,11 @@ def render(ctx: click.Context, host: str, dest: Path) -> None:
               default=None, help="Output folder (default: <project>/output).")
 @click.option("--compress", "compression", type=click.Choice(["none", "zstd", "xz"]),
               default="none", show_default=True, help="Also write a compressed copy.")
+@click.option("--catalog/--no-catalog", default=None,
+              help="Write output/os_list.json for Raspberry Pi Imager (default: with 2+ hosts).")
 @click.pass_context
 def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: Path | None,
-          compression: str) -> None:
+          compression: str, catalog: bool | None) -> None:
     """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
     from builder.errors import ConfigError
     from builder.image.outputs import Compression
@@ -96,6 +98,10 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
         result = build_image(inv, host, out, Compression(compression))
         click.echo(f"{result.image}  sha256 {result.sha256[:16]}…  "
                    f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
+    if catalog or (catalog is None and len(hosts) > 1):
+        from builder.image.catalog import write_catalog
+
+        click.echo(f"{write_catalog(inv, out)}  (Raspberry Pi Imager: rpi-imager --repo URL)")
 
 
 @cli.command()

@@ -91,3 +91,21 @@ def test_partition_images_and_disk_are_identical_seconds_apart(
     stat = subprocess.run(["debugfs", "-R", "stat /etc/a", str(tmp_path / "b/r.ext4")],
                           capture_output=True, text=True).stdout
     assert f"ctime: 0x{EPOCH:08x}:00000000" in stat
+
+
+def test_clean_stale_keeps_a_running_builds_work_tree(tmp_path: Path) -> None:
+    """A concurrent build sharing the cache must not delete this build's
+    ``.role.tmp-PID-RANDOM`` work tree (found when two role builds overlapped)."""
+    from builder.cache import clean_stale
+
+    mine = tmp_path / f".role.tmp-{os.getpid()}-abc123"
+    mine.mkdir()
+    atomic = tmp_path / f".x.img.tmp-{os.getpid()}"
+    atomic.write_text("x")
+    dead = tmp_path / ".role.tmp-999999999-zz9"
+    dead.mkdir()
+    dead_file = tmp_path / ".y.tmp-999999999"
+    dead_file.write_text("y")
+    clean_stale(tmp_path)
+    assert mine.is_dir() and atomic.is_file()
+    assert not dead.exists() and not dead_file.exists()

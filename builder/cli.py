@@ -195,8 +195,13 @@ def flash(ctx: click.Context, host: str, device: Path, yes: bool, output: Path |
     if not yes:
         for line in plan.describe():
             click.echo(line, err=True)
-        typed = click.prompt(f"type the host name ({host}) to write it", default="",
-                             show_default=False, err=True)
+        try:
+            typed = click.prompt(f"type the host name ({host}) to write it", default="",
+                                 show_default=False, err=True)
+        except click.exceptions.Abort:
+            click.echo(err=True)  # end the prompt's line
+            raise FlashError(f"{device}: no host name typed; nothing was written (--yes skips "
+                             "the question)") from None
         if typed.strip() != host:
             raise FlashError(f"{device}: typed {typed.strip()!r}, not {host!r}; nothing was "
                              "written")

@@ -172,8 +172,9 @@ def test_bmap_without_block0_is_accepted_by_bmaptool(tmp_path: Path, early: bool
     assert data[:4096] == bytes(4096) and data[4096:] == want[4096:]
 
 
-def test_interrupted_flash_leaves_no_partition_table(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_flash_leaves_no_partition_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     old = make_image(tmp_path / "old.img", seed=1)
     new = make_image(tmp_path / "new.img", seed=2)
     target = tmp_path / "card"
@@ -195,6 +196,8 @@ def test_interrupted_flash_leaves_no_partition_table(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         flash.write_plan(flash.plan_flash(new, "node", target, allow_file=True),
                          use_bmaptool=False, out=lambda s: None)
+    assert capsys.readouterr().err == (f"pibake: flash interrupted: {target} has no partition "
+                                       "table now and boots nothing; flash it again\n")
     data = target.read_bytes()
     assert data[: 1 << 20] == bytes(1 << 20)  # no MBR: the card boots neither node
     assert partitions_of(target) == []
@@ -291,6 +294,10 @@ def test_command_asks_for_the_host_name(mini: Path, tmp_path: Path,
     assert err.endswith(f"pibake: error: {target}: typed 'node-02', not 'node-01'; nothing "
                         "was written\n")
     assert target.read_bytes() == b"old card"
+    code, out, err = run_cli(["-C", str(mini), "flash", "node-01", str(target)],
+                             monkeypatch, capsys, stdin="")
+    assert (code, err.splitlines()[-1]) == (8, f"pibake: error: {target}: no host name typed; "
+                                               "nothing was written (--yes skips the question)")
     code, out, err = run_cli(["-C", str(mini), "flash", "node-01", str(target)],
                              monkeypatch, capsys, stdin="node-01\n")
     assert code == 0, err

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder import log
 from builder.errors import FlashError, PibakeError
 from builder.inventory.config import Inventory
 from builder.run import register, unregister, which
@@ -486,6 +487,16 @@ def write_plan(plan: FlashPlan, *, use_bmaptool: bool = True,
                out: Callable[[str], None] | None = None) -> FlashResult:
     """Wipe the table, write every block but the first, sync, read back and
     compare, then write the first block (the partition table) and check it."""
+    try:
+        return _write_plan(plan, use_bmaptool=use_bmaptool, out=out)
+    except KeyboardInterrupt:
+        log.notice(f"flash interrupted: {plan.device.path} has no partition table now and boots "
+                   "nothing; flash it again")
+        raise
+
+
+def _write_plan(plan: FlashPlan, *, use_bmaptool: bool,
+                out: Callable[[str], None] | None) -> FlashResult:
     start = time.monotonic()
     first_end = min(BLOCK, plan.image.stat().st_size)
     rest = _without_block0(plan.ranges)

@@ -220,8 +220,8 @@ def data_ranges(image: Path) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-def _sha256_ranges(path: Path, ranges: Sequence[tuple[int, int]], *, drop_cache: bool = False,
-                   progress: Callable[[int], None] | None = None) -> str:
+def _sha256_ranges(path: Path, ranges: Sequence[tuple[int, int]], *,
+                   drop_cache: bool = False) -> str:
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -237,11 +237,36 @@ def _sha256_ranges(path: Path, ranges: Sequence[tuple[int, int]], *, drop_cache:
                                      "smaller than it claims")
                 h.update(chunk)
                 pos += len(chunk)
-                if progress:
-                    progress(len(chunk))
     finally:
         os.close(fd)
     return h.hexdigest()
+
+
+def _compare_ranges(image: Path, device: Path, ranges: Sequence[tuple[int, int]],
+                    progress: Progress) -> tuple[str, str]:
+    """sha256 of ``ranges`` in the image and, read back past the page cache, on the device."""
+    want, got = hashlib.sha256(), hashlib.sha256()
+    img = os.open(image, os.O_RDONLY)
+    dev = os.open(device, os.O_RDONLY)
+    try:
+        # What is compared must come from the card, not from the page cache.
+        os.posix_fadvise(dev, 0, 0, os.POSIX_FADV_DONTNEED)
+        for start, end in ranges:
+            pos = start
+            while pos < end:
+                size = min(CHUNK, end - pos)
+                back = os.pread(dev, size, pos)
+                if len(back) != size:
+                    raise FlashError(f"{device}: short read at byte {pos}; the card may be "
+                                     "smaller than it claims")
+                want.update(os.pread(img, size, pos))
+                got.update(back)
+                pos += size
+                progress.add(size)
+    finally:
+        os.close(img)
+        os.close(dev)
+    return want.hexdigest(), got.hexdigest()
 
 
 def image_sha256(image: Path) -> str:
@@ -296,7 +321,7 @@ class Progress:
     out: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
     done: int = 0
     start: float = field(default_factory=time.monotonic)
-    last: float = 0.0
+    last: float = field(default_factory=time.monotonic)  # the first line after ``every``
 
     def add(self, n: int) -> None:
         self.set(self.done + n)
@@ -511,9 +536,8 @@ def _write_plan(plan: FlashPlan, *, use_bmaptool: bool,
     else:
         _copy_python(plan, rest, progress)
     progress.out(progress.line())
-    check = Progress(rest_bytes, "verify", **kwargs)
-    want = _sha256_ranges(plan.image, rest)
-    got = _sha256_ranges(plan.device.path, rest, drop_cache=True, progress=check.add)
+    want, got = _compare_ranges(plan.image, plan.device.path, rest,
+                                Progress(rest_bytes, "verify", **kwargs))
     if got != want:
         raise FlashError(f"{plan.device.path}: read-back differs from {plan.image.name} "
                          f"(sha256 {got[:16]}… instead of {want[:16]}…); the card has no "

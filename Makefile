@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 export LIBGUESTFS_BACKEND ?= direct
 
-.PHONY: setup venv image all-images check render boot flash test test-fast test-integration lint bench clean
+.PHONY: setup venv image all-images check render boot flash cluster-test test test-fast test-integration lint bench clean
 
 setup:
 	./scripts/setup-host.sh
@@ -39,6 +39,10 @@ boot: venv
 flash: venv
 	@test -n "$(PROFILE)" -a -n "$(DEVICE)" || { echo "make flash: set PROFILE=<host> DEVICE=/dev/sdX" >&2; exit 2; }
 	$(PIBAKE) flash $(PROFILE) $(DEVICE)
+
+cluster-test: venv
+	@test -n "$(SCENARIO)" || { echo "make cluster-test: set SCENARIO=<layer>|full, e.g. make cluster-test SCENARIO=compute" >&2; exit 2; }
+	$(PIBAKE) cluster-test $(SCENARIO) $(CLUSTER_TEST_ARGS)
 
 # Every tier: lint, fast unit tests, image builds, boot tests.
 test: venv

@@ -84,21 +84,17 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-_STALE_RE = re.compile(r"\.(?:tmp|old)-(\d+)(?:-|$)")
-
-
 def clean_stale(root: Path) -> None:
     """Remove temporaries left by a killed build (``.*.tmp-PID`` whose PID is gone)."""
     if not root.exists():
         return
     for entry in root.iterdir():
         name = entry.name
-        # ".x.tmp-PID" (atomic_file/dir) or ".x.tmp-PID-RANDOM" (TemporaryDirectory):
-        # the PID is the number right after the marker, whatever follows it.
-        m = _STALE_RE.search(name)
-        if not name.startswith(".") or m is None:
+        if not name.startswith(".") or (".tmp-" not in name and ".old-" not in name):
             continue
-        if Path(f"/proc/{m.group(1)}").exists():
+        # ".x.tmp-PID" (atomic writes) or ".role.tmp-PID-random" (tempfile)
+        pid = re.split(r"\.(?:tmp|old)-", name, maxsplit=1)[1].split("-", 1)[0]
+        if pid.isdigit() and Path(f"/proc/{pid}").exists():
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -169,6 +169,34 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
             click.echo(f"{host}: first boot done in {res.seconds:.1f}s{peak}")
 
 
+@cli.command("cluster-test")
+@click.argument("scenario")
+@click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path.home() / ".ssh" / "id_ed25519", show_default=True,
+              help="Private key of the cluster's admin account (its public half is in "
+                   "cluster.yaml).")
+@click.option("--rebuild", "rebuild", multiple=True,
+              help="Node to stop and boot again from a fresh overlay (repeatable; default: "
+                   "the scenario's last node).")
+@click.option("--no-rebuild", is_flag=True, help="Only boot and check the joins.")
+@click.option("--timeout", type=float, default=900, show_default=True,
+              help="Seconds each phase may take to pass every check.")
+@click.pass_context
+def cluster_test(ctx: click.Context, scenario: str, identity: Path, rebuild: tuple[str, ...],
+                 no_rebuild: bool, timeout: float) -> None:
+    """Boot SCENARIO's nodes together under QEMU (a layer's nodes, or full) and
+    check from inside each VM that it joined its peers; then rebuild a node and
+    check that it comes back as itself and rejoins."""
+    from builder.vm.cluster import pick, run_scenario, summary
+
+    inv = _inventory(ctx)
+    chosen = pick(inv, scenario, () if no_rebuild else (rebuild or None))
+    report = run_scenario(inv, _project(ctx), chosen, identity=identity,
+                          check_timeout=timeout, echo=click.echo)
+    for line in summary(report):
+        click.echo(line)
+
+
 @cli.command()
 @click.argument("host")
 @click.argument("device", type=click.Path(path_type=Path))

@@ -215,7 +215,7 @@ def test_render_writes_every_file(mini: Path, capsys: pytest.CaptureFixture[str]
                          "HostKey /etc/ssh/ssh_host_ecdsa_key\n")
     assert (dest / "etc/sudoers.d/10-pibake-admin").stat().st_mode & 0o777 == 0o440
     assert (dest / "usr/local/sbin/pibake-firstboot").stat().st_mode & 0o111
-    assert out == f"node-02: 31 files written to {dest}\n"
+    assert out == f"node-02: 34 files written to {dest}\n"
 
 
 def test_render_refuses_non_empty_folder(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -313,6 +313,7 @@ class NodeBoot:
     host: str
     image: Path
     mac: str | None = None
+    lan: LanSpec | None = None  # the node's own LAN (one per inventory network); else the group's
 
 
 def _vm_spec(node: NodeBoot, workdir: Path, disk: Path, tmp: Path, *, machine: Machine,
@@ -424,7 +425,7 @@ class GroupVm:
 
 
 @contextmanager
-def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec, timeout: float = 900,
+def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec | None = None, timeout: float = 900,
                smp: int = 1, memory_mib: int = 512) -> Iterator[dict[str, GroupVm]]:
     """Boot several images together on one virtual LAN, each on a throwaway
     overlay, and wait with one deadline until every first boot is done.
@@ -441,7 +442,8 @@ def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec, timeout: float = 900,
             tmp = short_tmpdir()
             stack.callback(shutil.rmtree, tmp, True)
             spec = _vm_spec(node, workdir, workdir / "overlay.qcow2", tmp,
-                            machine=Machine.virt, ssh_port=None, lan=lan, extra_cmdline=(),
+                            machine=Machine.virt, ssh_port=None, lan=node.lan or lan,
+                            extra_cmdline=(),
                             smp=smp, memory_mib=memory_mib)
             vms[node.host] = stack.enter_context(Vm(spec, powerdown_timeout=0))
         deadline = time.monotonic() + timeout

@@ -339,3 +339,8 @@ def test_stale_image_is_refused_unless_stale_ok(mini: Path, tmp_path: Path,
     assert not target.exists()
     code, _, err = run_cli([*args, "--stale-ok"], monkeypatch, capsys)
     assert code == 0, err
+    (mini / "output/node-01.manifest.json").write_text("{}")  # written by an older pibake
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert (code, err) == (8, f"pibake: error: {mini}/output/node-01.img: its manifest records "
+                              "no input hashes; rebuild it (pibake build node-01) or pass "
+                              "--stale-ok\n")

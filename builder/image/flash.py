@@ -293,8 +293,11 @@ def plan_flash(image: Path, host: str, target: Path, *, stale: Sequence[str] = (
     if not image.is_file():
         raise FlashError(f"{image}: no image; build it first: pibake build {host}")
     if stale and not stale_ok:
-        raise FlashError(f"{image}: stale, built before {', '.join(stale)} changed; rebuild "
-                         f"it (pibake build {host}) or pass --stale-ok")
+        from builder.image.inputs import UNTRACKED
+
+        why = ("its manifest records no input hashes" if UNTRACKED in stale
+               else f"stale, built before {', '.join(stale)} changed")
+        raise FlashError(f"{image}: {why}; rebuild it (pibake build {host}) or pass --stale-ok")
     size = image.stat().st_size
     dev = (probe or probe_device)(target, allow_file)
     check_device(dev, size, max_size=max_size, allow_fixed=allow_fixed)

@@ -16,6 +16,9 @@ from builder.content.hostlayer import FIRSTBOOT_DIR
 from builder.inventory.config import Inventory
 from builder.inventory.layers import tree_hash
 
+# What stale_inputs returns for a manifest that records no inputs (an older pibake's).
+UNTRACKED = "<untracked>"
+
 
 def _file_sha(path: Path) -> str:
     try:
@@ -41,5 +44,5 @@ def stale_inputs(manifest: Mapping[str, Any], current: Mapping[str, str]) -> lis
     """The inputs that changed (or appeared, or went away) since the manifest was written."""
     recorded = manifest.get("inputs")
     if not isinstance(recorded, dict):
-        return ["(the manifest predates input tracking)"]
+        return [UNTRACKED]
     return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))

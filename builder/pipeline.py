@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, cache, log
-from builder.content.hostlayer import RoleFacts, disk_id, host_delta
+from builder.content.hostlayer import RoleFacts, disk_id
+from builder.content.identity import host_identity
 from builder.errors import NoSpaceError, PibakeError
 from builder.image.assemble import assemble_disk, partuuid
+from builder.image.inputs import image_inputs
 from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
+from builder.image.reproducible import pin_source_date_epoch, source_date_epoch
 from builder.inventory.bases import Base, BaseKind
 from builder.plan import BASE_FILES, RECIPE_VERSION, ROLE_FILES, HostPlan
 from builder.run import run
@@ -186,6 +189,7 @@ def build_image(plan: HostPlan, out_dir: Path,
     """Build one planned host: base, role, host image (plan_hosts has checked it)."""
     start = time.monotonic()
     host = plan.host
+    pin_source_date_epoch(plan.project)  # every timestamp in the image; see reproducible.py
     base = base_artifact(plan)
     role, cached = role_artifact(plan, base)
     if cached:
@@ -203,9 +207,8 @@ def build_image(plan: HostPlan, out_dir: Path,
 def _host_stage(plan: HostPlan, out_dir: Path, compression: Compression,
                 base: BaseArtifact, role: RoleArtifact, cached: bool) -> str:
     host = plan.host
-    delta = host_delta(plan, role.facts)
+    delta, secrets, private = host_identity(plan, role.facts)
     disk = disk_id(plan.cluster.name, host)
-    secrets: list[str] = []
     mode = image_mode(bool(secrets))
     with log.step(f"host image {host}"), tempfile.TemporaryDirectory(
             dir=out_dir, prefix=f".{host}.tmp-{os.getpid()}-") as s:
@@ -219,7 +222,7 @@ def _host_stage(plan: HostPlan, out_dir: Path, compression: Compression,
         if compression is not Compression.none:
             compress(image, compression, mode=mode)
         files = [{"path": e.path, "sha256": _sha(e.data), "source": "host"}
-                 for e in delta.root if e.kind == "file"]
+                 for e in delta.root if e.kind == "file" and e.path not in private]
         files += [{"path": f"{base.boot_mount}{e.path}", "sha256": _sha(e.data),
                    "source": "host"} for e in delta.boot]
         by_dest = {r.dest: r for r in delta.rendered}
@@ -232,6 +235,7 @@ def _host_stage(plan: HostPlan, out_dir: Path, compression: Compression,
             "tool": {"name": "pibake", "version": __version__},
             "git_revision": git_revision(plan.project),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_date_epoch": source_date_epoch(plan.project),
             "base": {"name": base.name, "kind": str(plan.base.kind), "suite": base.suite,
                      "arch": base.arch, "sha256": base.source_sha256, "cache_key": base.key},
             "role": {"cache_key": role.key, "cached": cached},
@@ -243,8 +247,9 @@ def _host_stage(plan: HostPlan, out_dir: Path, compression: Compression,
                       "disk_id": f"0x{disk:08x}",
                       "partuuids": {"boot": partuuid(disk, 1), "root": partuuid(disk, 2)}},
             "secrets": secrets,
+            "inputs": image_inputs(plan.inventory, host),
         }
-        write_manifest(stage / f"{host}.manifest.json", manifest)
+        write_manifest(stage / f"{host}.manifest.json", manifest, mode=mode)
         _publish(stage, out_dir, host)
     return sha
 

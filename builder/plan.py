@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from builder import cache
+from builder.content.checkers import check_rendered
 from builder.content.render import Rendered, render_host
 from builder.errors import ConfigError
 from builder.inventory.bases import Base, BaseKind
@@ -66,6 +67,7 @@ class Step:
 class HostPlan:
     host: str
     project: Path
+    inventory: Inventory             # only for the host stage's secrets (the store, secret())
     cluster: Cluster
     profile: Profile
     node: Node
@@ -81,6 +83,7 @@ class HostPlan:
     steps: tuple[Step, ...]
     base_cached: bool
     role_cached: bool
+    daemon_checks: int = 0           # rendered configs that passed their daemon's checker
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -119,14 +122,15 @@ def plan_host(inv: Inventory, host: str) -> HostPlan:
     envs = {layer.name: MappingProxyType(hook_env(inv.cluster, base.suite, arch, layer, vars))
             for layer in layers}
     plan = HostPlan(
-        host=host, project=inv.root, cluster=inv.cluster, profile=profile, node=node,
+        host=host, project=inv.root, inventory=inv, cluster=inv.cluster, profile=profile, node=node,
         network=inv.network(host), vars=MappingProxyType(vars), layers=layers, base=base,
         arch=arch, base_key=bkey, role_key=role_key(bkey, base, layers, envs),
         hook_envs=MappingProxyType(envs), rendered=tuple(render_host(inv, host)),
         steps=firstboot_steps(layers), base_cached=False, role_cached=False,
     )
     _check_host_layer(plan)
-    return _with_cache_state(plan)
+    checks = check_rendered(host, plan.rendered)  # each daemon's own checker on its config
+    return _with_cache_state(replace(plan, daemon_checks=checks))
 
 
 def _with_cache_state(plan: HostPlan) -> HostPlan:

@@ -71,7 +71,9 @@ def machine_id(cluster: str, host: str) -> str:
     A fixed id means systemd never sees a first boot: no preset-all pass over
     every unit (12 s under emulation), no machine-id commit, and the DHCP
     client id that systemd-networkd derives from it survives a re-flashed card.
-    It is derived from names, so it is unique in the cluster but not secret.
+    Derived from names: what `pibake render` shows. A build replaces it with
+    one derived from the host's secret (identity.machine_id), which is not
+    guessable from names, as machine-id(5) asks.
     """
     digest = bytearray(hashlib.sha256(f"pibake-machine-id:{cluster}:{host}".encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x40      # shaped like systemd's own: a v4 UUID
@@ -198,12 +200,15 @@ def firstboot_entries(plan: HostPlan) -> list[Entry]:
     return entries
 
 
-def host_delta(plan: HostPlan, facts: RoleFacts) -> HostDelta:
+def host_delta(plan: HostPlan, facts: RoleFacts,
+               rendered: tuple[Rendered, ...] | None = None) -> HostDelta:
+    """The host's files; ``rendered``: the layer templates rendered with the
+    secrets store (the host stage), else the plan's (stand-ins for secrets)."""
     host = plan.host
     base = plan.base
     cluster = plan.cluster
     disk = disk_id(cluster.name, host)
-    rendered = plan.rendered
+    rendered = plan.rendered if rendered is None else rendered
     boot_prefix = base.boot_mount.rstrip("/") + "/"
     root: list[Entry] = []
     boot: list[Entry] = []

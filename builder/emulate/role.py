@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from builder import cache, log
 from builder.errors import BuildError
 from builder.image.assemble import ext4_size_for, make_ext4, make_vfat
+from builder.image.reproducible import normalize_tree, pin_inode_ctimes, source_date_epoch
 from builder.inventory.layers import Layer, resolve_owner
 from builder.run import run, which
 
@@ -109,9 +110,13 @@ def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: st
             boot_tree.mkdir()
         boot_src.mkdir(mode=0o755, parents=True, exist_ok=True)
         with log.step("partition images"), cache.atomic_dir(folder) as tmp:
+            epoch = source_date_epoch(plan.project)
+            normalize_tree(tree, epoch)
+            normalize_tree(boot_tree, epoch)
             fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pibake-role:{folder.name}"))
             make_ext4(tree, tmp / "root.ext4", size=ext4_size_for(tree), label="rootfs",
                       uuid=fs_uuid, compat=plan.base.fs_compat)
+            pin_inode_ctimes(tmp / "root.ext4", epoch)
             make_vfat(boot_tree, tmp / "boot.vfat", label="bootfs",
                       volume_id=folder.name[:8])
             meta = {**facts, "packages": packages, "layers": list(plan.layer_names),

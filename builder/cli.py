@@ -46,11 +46,14 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 def check(ctx: click.Context) -> None:
     """Validate every profile, layer and template without touching an image."""
     from builder.content.render import render_host
+    from builder.content.rolecheck import check_rendered
 
     inv = _inventory(ctx)
     count = 0
     for host in inv.profiles:
-        count += len(render_host(inv, host))
+        rendered = render_host(inv, host)
+        check_rendered(host, rendered, require=False)  # with the checkers this host has
+        count += len(rendered)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
                f"{count} templates rendered")
 

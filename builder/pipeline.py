@@ -29,6 +29,7 @@ from typing import Any
 from builder import __version__, cache, log
 from builder.content.hostlayer import RoleFacts, disk_id, host_delta
 from builder.content.render import render_host
+from builder.content.rolecheck import check_rendered
 from builder.errors import BuildError, NoSpaceError
 from builder.image.assemble import (
     assemble_disk,
@@ -335,7 +336,8 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
                 compression: Compression = Compression.none) -> BuildResult:
     start = time.monotonic()
     profile = inv.profile(host)
-    render_host(inv, host)  # templates are verified before any slow work
+    # templates are rendered and checked by the daemons' checkers before any slow work
+    check_rendered(host, render_host(inv, host))
     base = base_artifact(inv, host)
     role, cached = role_artifact(inv, host, base)
     if cached:

@@ -8,6 +8,7 @@ PACKAGES="
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-utils ipxe-qemu seabios
   mmdebstrap debian-archive-keyring ca-certificates
   bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client
+  haproxy nginx-light keepalived
 "
 
 if [ "$(id -u)" -ne 0 ]; then

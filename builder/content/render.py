@@ -19,6 +19,7 @@ import jinja2
 from builder.errors import ConfigError
 from builder.inventory.config import Inventory
 from builder.inventory.layers import Layer
+from builder.inventory.rolefacts import role_view
 
 HEADER_EXEMPT_SUFFIXES = (".json",)  # formats without comments
 
@@ -71,6 +72,7 @@ def context(inv: Inventory, host: str) -> dict[str, Any]:
         },
         cluster={"name": inv.cluster.name, "domain": inv.cluster.domain,
                  "timezone": inv.cluster.timezone, "admin_user": inv.cluster.admin.user},
+        roles=role_view(inv),
     )
     return ctx
 

@@ -29,13 +29,15 @@ from builder.errors import ConfigError, PreflightError
 from builder.inventory.rolefacts import NFS_OPTIONS, NFS_VALUED_OPTIONS
 
 TIMEOUT = 60
+# Where daemons live when PATH lacks the sbin folders (a plain user's shell).
+SBIN_DIRS = ("/usr/sbin", "/sbin")
 
 Checker = Callable[[Path, Path, bool], list[str]]
 
 
 def _tool(name: str, package: str, require: bool, shown: str) -> tuple[str | None, list[str]]:
     path = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if p.exists()), None)
+        (str(p) for p in (Path(d) / name for d in SBIN_DIRS) if p.exists()), None)
     if path is None and require:
         return None, [f"{shown}: {name} is not installed on this host to check it; install it: "
                       f"apt-get install {package} (scripts/setup-host.sh does)"]
@@ -51,8 +53,24 @@ def _run(argv: list[str]) -> tuple[int, str]:
     return proc.returncode, (proc.stderr + proc.stdout).strip()
 
 
+# Time stamps and process ids: noise that would make one mistake read differently
+# on every run.
+_NOISE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |\s*\(\d+\)\s*|\d+#\d+: |"
+                    r"^\(\S+: Line (\d+)\)")
+
+
+# Summary lines that follow the real message.
+_SUMMARY = re.compile(r"Error\(s\) found in configuration|Fatal errors found|test failed")
+
+
+def _clean(line: str) -> str:
+    line = _NOISE.sub(lambda m: f"line {m.group(1)}:" if m.group(1) else " ", line)
+    return re.sub(r"\s+", " ", line).strip()
+
+
 def _first_lines(text: str, tree: Path, keep: int = 2) -> str:
-    lines = [ln.strip() for ln in text.replace(str(tree), "").splitlines() if ln.strip()]
+    lines = [_clean(ln) for ln in text.replace(str(tree), "").splitlines()
+             if ln.strip() and not _SUMMARY.search(ln)]
     telling = [ln for ln in lines if re.search(r"ALERT|emerg|error|Error|invalid|Unknown|"
                                                 r"unknown|outside|not valid", ln)] or lines
     return "; ".join(telling[:keep]) or "failed without a message"
@@ -62,7 +80,7 @@ def check_haproxy(tree: Path, conf: Path, require: bool) -> list[str]:
     tool, problems = _tool("haproxy", "haproxy", require, "/etc/haproxy/haproxy.cfg")
     if tool is None:
         return problems
-    code, out = _run([tool, "-c", "-q", "-f", str(conf)])
+    code, out = _run([tool, "-c", "-f", str(conf)])
     return [] if code == 0 else [f"/etc/haproxy/haproxy.cfg: haproxy -c: "
                                  f"{_first_lines(out, tree)}"]
 

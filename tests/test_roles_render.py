@@ -112,6 +112,27 @@ def test_chrony_client_of_the_lanmain_pair() -> None:
     assert body(files("lanmain-01")["/etc/chrony/chrony.conf"])[0] == "server 10.20.0.12 iburst"
 
 
+def test_deployer_inventory_ssh_and_tools_from_the_inventory() -> None:
+    f = files("deployer-01")
+    hosts = body(f["/etc/ansible/hosts"])
+    assert hosts[hosts.index("[compute]"):hosts.index("[compute]") + 5] == [
+        "[compute]", "compute-01 ansible_host=10.20.0.31", "compute-02 ansible_host=10.20.0.32",
+        "compute-03 ansible_host=10.20.0.33", "compute-04 ansible_host=10.20.0.34"]
+    assert hosts[hosts.index("[swarm_managers]"):hosts.index("[swarm_managers]") + 4] == [
+        "[swarm_managers]", "compute-01", "compute-02", "compute-03"]
+    assert "compute_floating_ip=10.20.0.30" in hosts and "[deployer]" in hosts
+    assert "forks = 4" in f["/etc/ansible/ansible.cfg"]
+    ssh = body(f["/etc/ssh/ssh_config.d/10-pibake-cluster.conf"])
+    assert ssh[:4] == ["Host lanmain-01 lanmain-01.cluster.lan", "    HostName 10.20.0.11",
+                       "    User admin", "    StrictHostKeyChecking yes"]
+    assert not any("deployer-01" in line for line in ssh)
+    suite = f["/opt/pibake/deploy/tests/test_services.py"]
+    assert ('"compute-01": {"services": ["ssh", "chrony", "haproxy", "keepalived", "nginx", '
+            '"docker", "distcc"], "ports": ["tcp://0.0.0.0:22", "tcp://0.0.0.0:80"]}') in suite
+    assert '"swarm_managers": ["compute-01", "compute-02", "compute-03"]' in \
+        f["/opt/pibake/deploy/fabfile.py"]
+
+
 def test_every_shipped_host_passes_the_checkers(tmp_path: Path) -> None:
     inv = load_inventory(REPO)
     for host in inv.profiles:
@@ -124,20 +145,34 @@ def test_every_shipped_host_passes_the_checkers(tmp_path: Path) -> None:
 
 
 BROKEN: list[tuple[str, str, str, str, str]] = [
-    # (id, template, old, new, expected error line)
-    ("haproxy", "etc/haproxy/haproxy.cfg.j2", "balance roundrobin", "balance roundrobn",
+    # (id, template under layers/, old, new, expected error line)
+    ("haproxy", "compute/templates/etc/haproxy/haproxy.cfg.j2", "balance roundrobin",
+     "balance roundrobn",
      "compute-01: /etc/haproxy/haproxy.cfg: haproxy -c: [ALERT] : config : parsing "
      "[/etc/haproxy/haproxy.cfg:27] : balance only supports 'roundrobin', 'static-rr', "
      "'leastconn', 'source', 'uri', 'url_param', 'hdr(name)' and 'rdp-cookie(name)' options.; "
      "fix layers/compute/templates/etc/haproxy/haproxy.cfg.j2"),
-    ("nginx", "etc/nginx/sites-available/default.j2", "try_files $uri $uri/ =404;",
+    ("nginx", "compute/templates/etc/nginx/sites-available/default.j2",
+     "try_files $uri $uri/ =404;",
      "try_file $uri;",
      "compute-01: /etc/nginx/sites-available/default: nginx -t: [emerg] unknown directive "
      "\"try_file\" in /etc/nginx/sites-available/default:18; fix "
      "layers/compute/templates/etc/nginx/sites-available/default.j2"),
-    ("keepalived", "etc/keepalived/keepalived.conf.j2", "advert_int 1", "advert_intt 1",
+    ("keepalived", "compute/templates/etc/keepalived/keepalived.conf.j2", "advert_int 1",
+     "advert_intt 1",
      "compute-01: /etc/keepalived/keepalived.conf: keepalived -t: line 27: Unknown keyword "
      "'advert_intt'; fix layers/compute/templates/etc/keepalived/keepalived.conf.j2"),
+    ("ssh-config", "deployer/templates/etc/ssh/ssh_config.d/10-pibake-cluster.conf.j2",
+     "    StrictHostKeyChecking yes", "    StrictHostKeyCheckin yes",
+     "deployer-01: /etc/ssh/ssh_config.d/10-pibake-cluster.conf: ssh -G: "
+     "/etc/ssh/ssh_config.d/10-pibake-cluster.conf: line 7: Bad configuration option: "
+     "stricthostkeycheckin; /etc/ssh/ssh_config.d/10-pibake-cluster.conf: line 12: Bad "
+     "configuration option: stricthostkeycheckin; fix "
+     "layers/deployer/templates/etc/ssh/ssh_config.d/10-pibake-cluster.conf.j2"),
+    ("fabfile", "deployer/templates/opt/pibake/deploy/fabfile.py.j2",
+     "def _each(group):", "def _each(group)",
+     "deployer-01: /opt/pibake/deploy/fabfile.py:19: python: expected ':'; fix "
+     "layers/deployer/templates/opt/pibake/deploy/fabfile.py.j2"),
 ]
 
 
@@ -146,7 +181,7 @@ BROKEN: list[tuple[str, str, str, str, str]] = [
 def test_a_broken_config_stops_with_its_checkers_line(
         cluster: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
         template: str, old: str, new: str, expected: str) -> None:
-    _replace(cluster / "layers/compute/templates" / template, old, new)
+    _replace(cluster / "layers" / template, old, new)
     code, out, err = run_cli(capsys, "-C", str(cluster), "check")
     assert (code, out, err) == (2, "", f"pibake: error: {expected}\n")
 

@@ -9,8 +9,10 @@ bookworm images carry the same major versions. A checker that the host lacks is
 a problem too, unless ``require`` is false (``pibake check`` on a bare machine).
 
 Covered here: HAProxy (``haproxy -c``), Nginx (``nginx -t``), keepalived
-(``keepalived -t``), NFS exports (exports(5) syntax, as exportfs parses it) and
-Docker's daemon.json (JSON object). The lanmain daemons have their own module.
+(``keepalived -t``), NFS exports (exports(5) syntax, as exportfs parses it),
+Docker's daemon.json (JSON object), the deployer's SSH client config
+(``ssh -G``) and its Python tools (compiled). The lanmain daemons have their
+own module.
 """
 
 from __future__ import annotations
@@ -171,12 +173,35 @@ def check_daemon_json(tree: Path, conf: Path, require: bool) -> list[str]:
     return []
 
 
+def check_ssh_config(tree: Path, conf: Path, require: bool) -> list[str]:
+    shown = "/" + conf.relative_to(tree).as_posix()
+    tool, problems = _tool("ssh", "openssh-client", require, shown)
+    if tool is None:
+        return problems
+    code, out = _run([tool, "-G", "-F", str(conf), "pibake-check"])
+    return [] if code == 0 else [f"{shown}: ssh -G: {_first_lines(out, tree)}"]
+
+
+def check_python(tree: Path, folder: Path, require: bool) -> list[str]:
+    """The deployer's fabfile and testinfra suite at least compile."""
+    problems = []
+    for script in sorted(folder.rglob("*.py")):
+        shown = "/" + script.relative_to(tree).as_posix()
+        try:
+            compile(script.read_text(), shown, "exec")
+        except SyntaxError as exc:
+            problems.append(f"{shown}:{exc.lineno}: python: {exc.msg}")
+    return problems
+
+
 CHECKS: tuple[tuple[str, Checker], ...] = (
     ("etc/haproxy/haproxy.cfg", check_haproxy),
     ("etc/nginx/sites-available/default", check_nginx),
     ("etc/keepalived/keepalived.conf", check_keepalived),
     ("etc/exports", check_exports),
     ("etc/docker/daemon.json", check_daemon_json),
+    ("etc/ssh/ssh_config.d/10-pibake-cluster.conf", check_ssh_config),
+    ("opt/pibake/deploy", check_python),
 )
 
 
@@ -185,7 +210,7 @@ def check_tree(tree: Path, require: bool = True) -> list[str]:
     problems: list[str] = []
     for rel, checker in CHECKS:
         path = tree / rel
-        if path.is_file():
+        if path.is_file() or (path.is_dir() and checker is check_python):
             problems += checker(tree, path, require)
     return problems
 

@@ -275,6 +275,7 @@ def role_view(inv: Inventory) -> dict[str, Any]:
             "priorities": dict(c.priorities), "router_id": c.router_id,
             "managers": list(c.managers), "manager_ips": ips(c.managers),
             "workers": list(c.workers), "bootstrap": c.bootstrap or "",
+            "http_port": _var(inv, c.frontends[0], "compute_http_port") if c.frontends else 0,
         },
         "nfs": {
             "server": nfs.server or "",

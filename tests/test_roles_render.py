@@ -103,6 +103,12 @@ def test_lanmisc_exports_to_compute_nodes_only() -> None:
     assert body(f["/etc/tmpfiles.d/pibake-nfs.conf"]) == ["d /srv/nfs/share 2775 root users -"]
     assert "fastcgi_pass unix:/run/php/php-fpm.sock;" in f["/etc/nginx/sites-available/default"]
     assert "    bind 10.20.0.21:80\n" in f["/etc/haproxy/haproxy.cfg"]
+    assert "alias /var/www/lanmisc/site/;" in f["/etc/nginx/sites-available/default"]
+    site = f["/srv/hugo/site/content/_index.md"]
+    assert "| compute-03 | 10.20.0.33 | compute |" in site
+    assert "floating IP 10.20.0.30" in site
+    step = (REPO / "layers/lanmisc/firstboot.d/50-hugo-site.sh").read_text()
+    assert '--destination "$root/var/www/lanmisc/site"' in step
 
 
 def test_chrony_client_of_the_lanmain_pair() -> None:

@@ -168,6 +168,12 @@ BROKEN: list[tuple[str, str, str, str, str]] = [
      "advert_intt 1",
      "compute-01: /etc/keepalived/keepalived.conf: keepalived -t: line 27: Unknown keyword "
      "'advert_intt'; fix layers/compute/templates/etc/keepalived/keepalived.conf.j2"),
+    ("mount-unit", "compute/templates/etc/systemd/system/srv-share.mount.j2",
+     "Where=/srv/share", "Where=/srv/shared",
+     "compute-01: /etc/systemd/system/srv-share.mount: systemd-analyze verify: "
+     "srv-share.mount: Where= setting doesn't match unit name. Refusing.; Unit "
+     "srv-share.mount has a bad unit file setting.; fix "
+     "layers/compute/templates/etc/systemd/system/srv-share.mount.j2"),
     ("ssh-config", "deployer/templates/etc/ssh/ssh_config.d/10-pibake-cluster.conf.j2",
      "    StrictHostKeyChecking yes", "    StrictHostKeyCheckin yes",
      "deployer-01: /etc/ssh/ssh_config.d/10-pibake-cluster.conf: ssh -G: "

@@ -11,8 +11,8 @@ a problem too, unless ``require`` is false (``pibake check`` on a bare machine).
 Covered here: HAProxy (``haproxy -c``), Nginx (``nginx -t``), keepalived
 (``keepalived -t``), NFS exports (exports(5) syntax, as exportfs parses it),
 Docker's daemon.json (JSON object), the deployer's SSH client config
-(``ssh -G``) and its Python tools (compiled). The lanmain daemons have their
-own module.
+(``ssh -G``), its Python tools (compiled) and our own systemd units
+(``systemd-analyze verify``). The lanmain daemons have their own module.
 """
 
 from __future__ import annotations
@@ -194,6 +194,29 @@ def check_python(tree: Path, folder: Path, require: bool) -> list[str]:
     return problems
 
 
+UNIT_SUFFIXES = (".service", ".mount", ".automount", ".socket", ".timer", ".path")
+
+
+def check_units(tree: Path, folder: Path, require: bool) -> list[str]:
+    """Our own unit files, by ``systemd-analyze verify``. It exits 0 on an
+    unknown key, so every line it says about the file counts."""
+    units = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in UNIT_SUFFIXES)
+    if not units:
+        return []
+    tool, problems = _tool("systemd-analyze", "systemd", require, "/etc/systemd/system")
+    if tool is None:
+        return problems
+    problems = []
+    for unit in units:
+        shown = "/" + unit.relative_to(tree).as_posix()
+        code, out = _run([tool, "verify", "--man=no", str(unit)])
+        lines = [ln for ln in out.splitlines() if str(unit) in ln]
+        if code != 0 or lines:
+            problems.append(f"{shown}: systemd-analyze verify: "
+                            f"{_first_lines(chr(10).join(lines) or out, tree)}")
+    return problems
+
+
 CHECKS: tuple[tuple[str, Checker], ...] = (
     ("etc/haproxy/haproxy.cfg", check_haproxy),
     ("etc/nginx/sites-available/default", check_nginx),
@@ -202,6 +225,7 @@ CHECKS: tuple[tuple[str, Checker], ...] = (
     ("etc/docker/daemon.json", check_daemon_json),
     ("etc/ssh/ssh_config.d/10-pibake-cluster.conf", check_ssh_config),
     ("opt/pibake/deploy", check_python),
+    ("etc/systemd/system", check_units),
 )
 
 
@@ -210,7 +234,7 @@ def check_tree(tree: Path, require: bool = True) -> list[str]:
     problems: list[str] = []
     for rel, checker in CHECKS:
         path = tree / rel
-        if path.is_file() or (path.is_dir() and checker is check_python):
+        if path.is_file() or (path.is_dir() and checker in (check_python, check_units)):
             problems += checker(tree, path, require)
     return problems
 

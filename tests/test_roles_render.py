@@ -227,3 +227,27 @@ def test_a_missing_checker_is_named_with_its_package(
         "/etc/haproxy/haproxy.cfg: haproxy is not installed on this host to check it; "
         "install it: apt-get install haproxy (scripts/setup-host.sh does)"]
     assert check_tree(tmp_path, require=False) == []
+
+
+def test_a_pass_is_remembered_by_the_files_hash(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder.content import rolecheck
+
+    monkeypatch.setenv("PIBAKE_CACHE", str(tmp_path / "cache"))
+    rendered = render_host(load_inventory(REPO), "compute-01")
+    calls: list[Path] = []
+    real = rolecheck.check_tree
+
+    def counting(tree: Path, require: bool = True) -> list[str]:
+        calls.append(tree)
+        return real(tree, require)
+
+    monkeypatch.setattr(rolecheck, "check_tree", counting)
+    rolecheck.check_rendered("compute-01", rendered)
+    rolecheck.check_rendered("compute-01", rendered)
+    assert len(calls) == 1
+    changed = [r if r.dest != "/etc/haproxy/haproxy.cfg" else
+               type(r)(r.dest, r.data + b"# changed\n", r.mode, r.layer, r.source)
+               for r in rendered]
+    rolecheck.check_rendered("compute-01", changed)
+    assert len(calls) == 2

@@ -17,6 +17,7 @@ Docker's daemon.json (JSON object), the deployer's SSH client config
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -26,6 +27,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from builder import cache
 from builder.content.render import Rendered
 from builder.errors import ConfigError, PreflightError
 from builder.inventory.rolefacts import NFS_OPTIONS, NFS_VALUED_OPTIONS
@@ -239,10 +241,29 @@ def check_tree(tree: Path, require: bool = True) -> list[str]:
     return problems
 
 
+TOOLS = ("haproxy", "nginx", "keepalived", "ssh", "systemd-analyze")
+
+
+def _tools_fingerprint() -> list[tuple[str, str | None, int]]:
+    """Which checker binaries would run, and their versions' stand-in (mtime)."""
+    result = []
+    for name in TOOLS:
+        path, _ = _tool(name, name, False, "")
+        result.append((name, path, Path(path).stat().st_mtime_ns if path else 0))
+    return result
+
+
 def check_rendered(host: str, rendered: list[Rendered] | tuple[Rendered, ...],
                    require: bool = True) -> None:
     """Write the host's rendered files to a scratch tree and check them; the
-    first problem stops the build as one line naming the host."""
+    first problem stops the build as one line naming the host. A pass is
+    remembered by the hash of the files and the checkers, so a warm build
+    with unchanged configs does not run them again."""
+    key = cache.key_of("rolecheck", 1, require, _tools_fingerprint(),
+                       sorted((r.dest, hashlib.sha256(r.data).hexdigest()) for r in rendered))
+    stamp = cache.cache_dir() / "checks" / key
+    if stamp.exists():
+        return
     with tempfile.TemporaryDirectory(prefix="pibake-check-") as tmp:
         tree = Path(tmp)
         for r in rendered:
@@ -258,3 +279,5 @@ def check_rendered(host: str, rendered: list[Rendered] | tuple[Rendered, ...],
         source = next((r.source for r in rendered if first.startswith(r.dest + ":")), None)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(f"{host}: {first}{more}" + (f"; fix {source}" if source else ""))
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(host + "\n")

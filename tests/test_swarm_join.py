@@ -25,7 +25,8 @@ d=$FAKE_ROOT/$FAKE_HOST
 case "$1 $2" in
   "info --format")
     case $3 in
-      *LocalNodeState*ControlAvailable*Cluster.ID*) echo "$(cat $d/state) $(cat $d/manager) $(cat $d/cluster 2>/dev/null)" ;;
+      *LocalNodeState*ControlAvailable*Cluster.ID*)
+        echo "$(cat $d/state) $(cat $d/manager) $(cat $d/cluster 2>/dev/null)" ;;
       *LocalNodeState*ControlAvailable*) echo "$(cat $d/state) $(cat $d/manager)" ;;
       *LocalNodeState*) cat $d/state ;;
       *NodeAddr*) cat $d/addr ;;
@@ -101,7 +102,8 @@ def log(root: Path, host: str) -> str:
 def test_bootstrap_node_waits_while_a_manager_cannot_be_asked(lab: Path) -> None:
     (lab / "hosts/c3/unreachable").touch()
     done = run(lab, JOIN, "c1", role="manager")
-    assert (done.returncode, done.stdout) == (1, "waiting for a swarm manager (not answering: c3)\n")
+    assert (done.returncode, done.stdout) == (
+        1, "waiting for a swarm manager (not answering: c3)\n")
     assert log(lab, "c1") == ""  # no second swarm while c3 might hold one
 
 

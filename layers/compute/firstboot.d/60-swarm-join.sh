@@ -10,6 +10,7 @@
 # rebuilt node therefore always finds the swarm and joins it; afterwards it
 # asks a manager to forget its earlier incarnation.
 set -u
+# pibake: needs-clock (the swarm's TLS certificates)
 ENV=${PIBAKE_SWARM_ENV:-/etc/pibake/swarm.env}
 . "$ENV"
 DOCKER=${PIBAKE_DOCKER:-docker}

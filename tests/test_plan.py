@@ -174,7 +174,7 @@ def test_check_lists_host_tools_and_emulation(mini: Path,
     code, out, err = run_cli(capsys, "-C", str(mini), "check")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[-1] == ("ok: 2 hosts, 2 layers, 8 templates rendered, 0 configs passed "
+    assert lines[-1] == ("ok: 2 hosts, 2 layers, 10 templates rendered, 2 configs passed "
                          "their daemon's checker")
     assert any(ln.split()[:3] == ["host", "bmaptool", "bmap-tools"] for ln in lines)
     assert any(ln.split()[:3] == ["bootstrap", "base", "mmdebstrap"] for ln in lines)

@@ -183,9 +183,8 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
 @cli.command("cluster-test")
 @click.argument("scenario")
 @click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path.home() / ".ssh" / "id_ed25519", show_default=True,
-              help="Private key of the cluster's admin account (its public half is in "
-                   "cluster.yaml).")
+              default=None, help="Private key of the cluster's admin account (default: a "
+                                 "throwaway key certified by the cluster's user CA).")
 @click.option("--rebuild", "rebuild", multiple=True,
               help="Node to stop and boot again from a fresh overlay (repeatable; default: "
                    "the scenario's last node).")
@@ -193,7 +192,7 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
 @click.option("--timeout", type=float, default=900, show_default=True,
               help="Seconds each phase may take to pass every check.")
 @click.pass_context
-def cluster_test(ctx: click.Context, scenario: str, identity: Path, rebuild: tuple[str, ...],
+def cluster_test(ctx: click.Context, scenario: str, identity: Path | None, rebuild: tuple[str, ...],
                  no_rebuild: bool, timeout: float) -> None:
     """Boot SCENARIO's nodes together under QEMU (a layer's nodes, or full) and
     check from inside each VM that it joined its peers; then rebuild a node and

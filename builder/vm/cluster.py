@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from builder.errors import BootError
 from builder.inventory.config import Inventory
-from builder.vm.boot import GroupVm, NodeBoot, boot_group
+from builder.vm.boot import GroupVm, NodeBoot, boot_group, host_key_options
 from builder.vm.qemu import LanSpec, free_udp_port
 
 CHECK_LINE = re.compile(r"^pibake-check: (?P<name>\S+) (?P<state>ok|FAIL): ?(?P<detail>.*)$")
@@ -136,9 +135,9 @@ class Ssh:
     def argv(self, host: str, port: int, command: str) -> list[str]:
         return [
             "ssh", "-p", str(port), "-i", str(self.identity),
-            # one entry per node name, whatever local port this VM got
-            "-o", f"HostKeyAlias={host}", "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes",
+            # checked as the node's name, whatever local port this VM got, against
+            # the store's host CA only: a node must present its own certified key
+            *host_key_options(host, self.known_hosts), "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
             f"{self.user}@127.0.0.1", command,
         ]  # fmt: skip
@@ -215,8 +214,8 @@ def run_scenario(inv: Inventory, project: Path, scenario: Scenario, *, identity:
         n = inv.node(host)
         return NodeBoot(host, paths[host], n.mac, lan=lans[n.network])
 
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pibake-ct-") as tmp:
-        ssh = Ssh(inv.cluster.admin.user, identity, Path(tmp) / "known_hosts")
+    with ExitStack() as stack:
+        ssh = Ssh(inv.cluster.admin.user, identity, _known_hosts(inv))
         echo(f"cluster-test {scenario.name}: booting {', '.join(scenario.hosts)}")
         vms = dict(stack.enter_context(
             boot_group([node(h) for h in scenario.hosts], timeout=boot_timeout)))
@@ -243,6 +242,18 @@ def run_scenario(inv: Inventory, project: Path, scenario: Scenario, *, identity:
             _record_memory(report, host, vm)
     report.wall_seconds = time.monotonic() - started
     return report
+
+
+def _known_hosts(inv: Inventory) -> Path:
+    from builder.content.secrets import Store
+
+    store = Store.at(inv)
+    store.check()
+    path = store.path / "known_hosts"
+    if not path.is_file():
+        raise ClusterTestError(f"{store.shown}/known_hosts: missing; build the images first "
+                               "(or run pibake secrets init)")
+    return path
 
 
 def _record_memory(report: Report, host: str, vm: GroupVm) -> None:

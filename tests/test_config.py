@@ -30,7 +30,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 def test_check_passes_on_mini_project(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "-C", str(mini), "check")
-    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 8 templates rendered\n", "")
+    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 8 templates rendered, 0 configs "
+                                "passed their daemon's checker\n", "")
 
 
 def test_shipped_inventory_checks(capsys: pytest.CaptureFixture[str]) -> None:

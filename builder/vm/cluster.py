@@ -139,6 +139,8 @@ class Ssh:
     def argv(self, host: str, port: int, command: str) -> list[str]:
         return [
             "ssh", "-p", str(port), "-i", str(self.identity),
+            # checked as the node's name, whatever local port this VM got, against
+            # the store's host CA only: a node must present its own certified key
             *host_key_options(host, self.known_hosts), "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
             f"{self.user}@127.0.0.1", command,

@@ -45,14 +45,17 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Validate every profile, layer and template without touching an image."""
+    from builder.content.checkers import check_rendered
     from builder.content.render import render_host
 
     inv = _inventory(ctx)
-    count = 0
+    count = checked = 0
     for host in inv.profiles:
-        count += len(render_host(inv, host))
+        rendered = render_host(inv, host)
+        count += len(rendered)
+        checked += check_rendered(host, rendered)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
-               f"{count} templates rendered")
+               f"{count} templates rendered, {checked} configs passed their daemon's checker")
 
 
 @cli.command()
@@ -141,11 +144,19 @@ def boot(ctx: click.Context, hosts: tuple[str, ...], image: Path | None, machine
         image or _project(ctx) / "output" / f"{host}.img", host=host, machine=Machine(machine),
         timeout=timeout, keep=keep, ssh_port=ssh_port,
         lan=LanSpec(lan_port) if lan_port else None, mac=nodes[host].mac,
-        ssh_user=inv.cluster.admin.user)
+        ssh_user=inv.cluster.admin.user, known_hosts=_known_hosts(inv))
     peak = f", qemu peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
     click.echo(f"{host}: first boot done in {result.seconds:.1f}s{peak}")
     if keep and result.ssh_command:
         click.echo(f"{host}: running (pid {result.pid}); ssh: {result.ssh_command}")
+
+
+def _known_hosts(inv):  # type: ignore[no-untyped-def]
+    """The store's @cert-authority line, for a kept VM's ssh command (None without a store)."""
+    from builder.content.secrets import Store
+
+    path = Store.at(inv).path / "known_hosts"
+    return path if path.is_file() else None
 
 
 def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str | None], *,
@@ -195,6 +206,68 @@ def cluster_test(ctx: click.Context, scenario: str, identity: Path, rebuild: tup
                           check_timeout=timeout, echo=click.echo)
     for line in summary(report):
         click.echo(line)
+
+
+@cli.group()
+def secrets() -> None:
+    """The cluster's secrets store (outside git: $PIBAKE_SECRETS, cluster.secrets_dir
+    or secrets/ beside profiles/)."""
+
+
+@secrets.command("init")
+@click.pass_context
+def secrets_init(ctx: click.Context) -> None:
+    """Create every missing key, certificate and secret; never replace one."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    created = store.init()
+    click.echo(f"{store.shown}: {len(created)} created, "
+               f"{len(store.items()) - len(created)} already there")
+
+
+@secrets.command("list")
+@click.pass_context
+def secrets_list(ctx: click.Context) -> None:
+    """Names, kinds, creation dates and holders; never a value."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    store.check()
+    for name, kind, created, holders in store.listing():
+        click.echo(f"{name:36} {kind:13} {created:16}  {holders}")
+
+
+@secrets.command("rotate")
+@click.argument("name")
+@click.pass_context
+def secrets_rotate(ctx: click.Context, name: str) -> None:
+    """Replace NAME on purpose (and re-sign what depends on it)."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    renewed, rebuild = store.rotate(name)
+    click.echo(f"{store.shown}: renewed {', '.join(renewed)}; rebuild: "
+               f"pibake build {' '.join(rebuild)}")
+
+
+@cli.command("ssh-config")
+@click.pass_context
+def ssh_config(ctx: click.Context) -> None:
+    """Print the known_hosts line and a ~/.ssh/config block that verify every node
+    strictly against the cluster's host CA."""
+    from builder.content.secrets import Store
+
+    inv = _inventory(ctx)
+    store = Store.at(inv)
+    store.check()
+    known = store.read("known_hosts").strip()
+    click.echo(f"# ~/.ssh/known_hosts (the one line for the whole cluster):\n{known}\n")
+    click.echo("# ~/.ssh/config:")
+    for node in inv.cluster.nodes.values():
+        click.echo(f"Host {node.name} {node.name}.{inv.cluster.domain}\n"
+                   f"    HostName {node.ip}\n    User {inv.cluster.admin.user}\n"
+                   f"    HostKeyAlias {node.name}\n    StrictHostKeyChecking yes\n")
 
 
 @cli.command()

@@ -30,7 +30,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 def test_check_passes_on_mini_project(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "-C", str(mini), "check")
-    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 8 templates rendered\n", "")
+    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 8 templates rendered, 0 configs "
+                                "passed their daemon's checker\n", "")
 
 
 def test_shipped_inventory_checks(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,7 +57,7 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "did you mean 'layers'?"),
     ("unknown-key-cluster", "profiles/cluster.yaml", "  domain:", "  domian:",
      "profiles/cluster.yaml: cluster.domian: unknown key (known: admin, domain, mirror, name, "
-     "timezone); did you mean 'domain'?"),
+     "secrets_dir, timezone); did you mean 'domain'?"),
     ("duplicate-ip", "profiles/cluster.yaml", "ip: 192.168.77.16", "ip: 192.168.77.15",
      "profiles/cluster.yaml: nodes.node-02.ip: 192.168.77.15 is already the address of node-01; "
      "every node needs its own"),

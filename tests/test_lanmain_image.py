@@ -44,7 +44,7 @@ class Root:
 
     def owner_mode(self, path: str) -> tuple[int, int, int]:
         out = self.debugfs(f"stat {path}")
-        m = re.search(r"Mode:\s+0?(\d+).*\n.*?User:\s+(\d+)\s+Group:\s+(\d+)", out)
+        m = re.search(r"Mode:\s+0?(\d+).*?User:\s+(\d+)\s+Group:\s+(\d+)", out, re.S)
         assert m, f"{path}: not in the image ({out[:200]!r})"
         return int(m.group(2)), int(m.group(3)), int(m.group(1), 8) & 0o7777
 

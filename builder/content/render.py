@@ -21,8 +21,9 @@ from builder.errors import ConfigError
 from builder.inventory.config import Inventory
 from builder.inventory.facts import lanmain_context
 from builder.inventory.layers import Layer
+from builder.inventory.rolefacts import role_view
 
-HEADER_EXEMPT_SUFFIXES = (".json",)  # formats without comments
+HEADER_EXEMPT_SUFFIXES = (".json", "_key")  # formats without comments (JSON, SSH private keys)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def context(inv: Inventory, host: str) -> dict[str, Any]:
         },
         cluster={"name": inv.cluster.name, "domain": inv.cluster.domain,
                  "timezone": inv.cluster.timezone, "admin_user": inv.cluster.admin.user},
+        roles=role_view(inv),
     )
     if "lanmain" in inv.profile(host).layers:
         ctx["lanmain"] = lanmain_context(inv, host)

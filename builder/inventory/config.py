@@ -11,6 +11,7 @@ cluster.yaml::
       domain: cluster.lan          # DNS domain of every node
       timezone: Etc/UTC
       mirror: null                 # Debian archive URL; default: the build host's apt sources
+      base: debian-trixie          # every host's base unless its own file names one
       admin:
         user: admin                # login account; no password, SSH keys only
         ssh_authorized_keys: []
@@ -23,7 +24,7 @@ cluster.yaml::
 
 <host>.yaml::
 
-    base: debian-bookworm
+    base: debian-bookworm          # optional: overrides cluster.base
     layers: [base, compute]
     vars: {compute_keepalived_priority: 150}
 """
@@ -39,7 +40,7 @@ from types import MappingProxyType
 from typing import Any
 
 from builder.errors import ConfigError
-from builder.inventory.bases import CATALOG, Base, BaseKind, Model
+from builder.inventory.bases import CATALOG, DEFAULT_BASE, Base, BaseKind, Model
 from builder.inventory.layers import Layer, load_layers
 from builder.inventory.schema import (
     Reader,
@@ -94,6 +95,7 @@ class Cluster:
     nodes: Mapping[str, Node]          # in file order
     vars: Mapping[str, Any]
     bases: Mapping[str, Base]          # the catalog plus the user's own
+    base: str = DEFAULT_BASE           # cluster.base: every host's unless its file names one
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     shown = CLUSTER_FILE
     top = Reader(load_yaml(root / shown, shown), shown, "",
                  ["cluster", "networks", "nodes", "vars", "bases"])
-    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin"])
+    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin", "base"])
     name = hostname(c.text("name", hint="name the cluster, e.g. name: rpi-cluster"),
                     c.loc("name"))
     domain = c.text("domain", hint="set the DNS domain, e.g. domain: cluster.lan")
@@ -221,9 +223,13 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     bases = dict(CATALOG)
     for bname, spec in top.mapping("bases").items():
         bases[str(bname)] = _user_base(top, str(bname), spec, root)
+    base = c.text("base", DEFAULT_BASE)
+    if base not in bases:
+        raise ConfigError(f"{c.loc('base')}: no base named {base!r} (known: "
+                          f"{known_list(bases)}){suggest(base, bases)}")
     return Cluster(name=name, domain=domain, timezone=timezone, mirror=mirror, admin=admin,
                    networks=MappingProxyType(networks), nodes=MappingProxyType(nodes),
-                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases))
+                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases), base=base)
 
 
 def _networks(top: Reader) -> dict[str, Network]:
@@ -328,14 +334,15 @@ def load_profile(root: Path, host: str, cluster: Cluster, layers: Mapping[str, L
         raise ConfigError(f"{shown}: missing; every node in {CLUSTER_FILE} needs a profile "
                           "(base, layers, vars)")
     r = Reader(load_yaml(root / shown, shown), shown, "", ["base", "layers", "vars"])
-    base_name = r.text("base", hint="name a base, e.g. base: debian-bookworm")
+    base_name = r.text("base", cluster.base)
     if base_name not in cluster.bases:
         raise ConfigError(f"{shown}: base: no base named {base_name!r} (known: "
                           f"{known_list(cluster.bases)}){suggest(base_name, cluster.bases)}")
     base = cluster.bases[base_name]
     node = cluster.nodes[host]
     if not base.supports(node.model):
-        raise ConfigError(f"{shown}: base: {base_name} ({base.arch}) does not run on a "
+        where = f"{shown}: base" if r.raw("base") is not None else f"{CLUSTER_FILE}: cluster.base"
+        raise ConfigError(f"{where}: {base_name} ({base.arch}) does not run on a "
                           f"{node.model} ({CLUSTER_FILE} nodes.{host}.model); pick another base")
     names = r.str_list("layers")
     if not names:

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 export LIBGUESTFS_BACKEND ?= direct
 
-.PHONY: setup venv image all-images check render boot test test-fast test-integration lint bench clean
+.PHONY: setup venv image all-images check render boot cluster-test test test-fast test-integration lint bench clean
 
 setup:
 	./scripts/setup-host.sh
@@ -35,6 +35,10 @@ check: venv
 boot: venv
 	@test -n "$(PROFILE)" || { echo "make boot: set PROFILE=<host>" >&2; exit 2; }
 	$(PIBAKE) boot $(PROFILE)
+
+cluster-test: venv
+	@test -n "$(SCENARIO)" || { echo "make cluster-test: set SCENARIO=<layer>|full, e.g. make cluster-test SCENARIO=compute" >&2; exit 2; }
+	$(PIBAKE) cluster-test $(SCENARIO) $(CLUSTER_TEST_ARGS)
 
 # Every tier: lint, fast unit tests, image builds, boot tests.
 test: venv

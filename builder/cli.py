@@ -148,11 +148,19 @@ def boot(ctx: click.Context, hosts: tuple[str, ...], image: Path | None, machine
         image or _project(ctx) / "output" / f"{host}.img", host=host, machine=Machine(machine),
         timeout=timeout, keep=keep, ssh_port=ssh_port,
         lan=LanSpec(lan_port) if lan_port else None, mac=nodes[host].mac,
-        ssh_user=inv.cluster.admin.user)
+        ssh_user=inv.cluster.admin.user, known_hosts=_known_hosts(inv))
     peak = f", qemu peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
     click.echo(f"{host}: first boot done in {result.seconds:.1f}s{peak}")
     if keep and result.ssh_command:
         click.echo(f"{host}: running (pid {result.pid}); ssh: {result.ssh_command}")
+
+
+def _known_hosts(inv):  # type: ignore[no-untyped-def]
+    """The store's @cert-authority line, for a kept VM's ssh command (None without a store)."""
+    from builder.content.secrets import Store
+
+    path = Store.at(inv).path / "known_hosts"
+    return path if path.is_file() else None
 
 
 def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str | None], *,
@@ -174,6 +182,96 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
             peak = f", qemu peak memory {res.peak_memory_mib:.0f} MiB" \
                 if res.peak_memory_mib else ""
             click.echo(f"{host}: first boot done in {res.seconds:.1f}s{peak}")
+
+
+@cli.command("cluster-test")
+@click.argument("scenario")
+@click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path.home() / ".ssh" / "id_ed25519", show_default=True,
+              help="Private key of the cluster's admin account (its public half is in "
+                   "cluster.yaml).")
+@click.option("--rebuild", "rebuild", multiple=True,
+              help="Node to stop and boot again from a fresh overlay (repeatable; default: "
+                   "the scenario's last node).")
+@click.option("--no-rebuild", is_flag=True, help="Only boot and check the joins.")
+@click.option("--timeout", type=float, default=900, show_default=True,
+              help="Seconds each phase may take to pass every check.")
+@click.pass_context
+def cluster_test(ctx: click.Context, scenario: str, identity: Path, rebuild: tuple[str, ...],
+                 no_rebuild: bool, timeout: float) -> None:
+    """Boot SCENARIO's nodes together under QEMU (a layer's nodes, or full) and
+    check from inside each VM that it joined its peers; then rebuild a node and
+    check that it comes back as itself and rejoins."""
+    from builder.vm.cluster import pick, run_scenario, summary
+
+    inv = _inventory(ctx)
+    chosen = pick(inv, scenario, () if no_rebuild else (rebuild or None))
+    report = run_scenario(inv, _project(ctx), chosen, identity=identity,
+                          check_timeout=timeout, echo=click.echo)
+    for line in summary(report):
+        click.echo(line)
+
+
+@cli.group()
+def secrets() -> None:
+    """The cluster's secrets store (outside git: $PIBAKE_SECRETS, cluster.secrets_dir
+    or secrets/ beside profiles/)."""
+
+
+@secrets.command("init")
+@click.pass_context
+def secrets_init(ctx: click.Context) -> None:
+    """Create every missing key, certificate and secret; never replace one."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    created = store.init()
+    click.echo(f"{store.shown}: {len(created)} created, "
+               f"{len(store.items()) - len(created)} already there")
+
+
+@secrets.command("list")
+@click.pass_context
+def secrets_list(ctx: click.Context) -> None:
+    """Names, kinds, creation dates and holders; never a value."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    store.check()
+    for name, kind, created, holders in store.listing():
+        click.echo(f"{name:36} {kind:13} {created:16}  {holders}")
+
+
+@secrets.command("rotate")
+@click.argument("name")
+@click.pass_context
+def secrets_rotate(ctx: click.Context, name: str) -> None:
+    """Replace NAME on purpose (and re-sign what depends on it)."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    renewed, rebuild = store.rotate(name)
+    click.echo(f"{store.shown}: renewed {', '.join(renewed)}; rebuild: "
+               f"pibake build {' '.join(rebuild)}")
+
+
+@cli.command("ssh-config")
+@click.pass_context
+def ssh_config(ctx: click.Context) -> None:
+    """Print the known_hosts line and a ~/.ssh/config block that verify every node
+    strictly against the cluster's host CA."""
+    from builder.content.secrets import Store
+
+    inv = _inventory(ctx)
+    store = Store.at(inv)
+    store.check()
+    known = store.read("known_hosts").strip()
+    click.echo(f"# ~/.ssh/known_hosts (the one line for the whole cluster):\n{known}\n")
+    click.echo("# ~/.ssh/config:")
+    for node in inv.cluster.nodes.values():
+        click.echo(f"Host {node.name} {node.name}.{inv.cluster.domain}\n"
+                   f"    HostName {node.ip}\n    User {inv.cluster.admin.user}\n"
+                   f"    HostKeyAlias {node.name}\n    StrictHostKeyChecking yes\n")
 
 
 @cli.command()

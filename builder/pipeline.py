@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, cache, log
-from builder.content.hostlayer import RoleFacts, disk_id, host_delta
+from builder.content.hostlayer import RoleFacts, disk_id
+from builder.content.identity import host_identity
 from builder.content.render import render_host
 from builder.errors import BuildError, NoSpaceError
 from builder.image.assemble import (
@@ -377,9 +378,8 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
 def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compression,
                 base: BaseArtifact, role: RoleArtifact, cached: bool) -> str:
     profile = inv.profile(host)
-    delta = host_delta(inv, host, role.facts)
+    delta, secrets, private = host_identity(inv, host, role.facts)
     disk = disk_id(inv.cluster.name, host)
-    secrets: list[str] = []
     mode = image_mode(bool(secrets))
     with log.step(f"host image {host}"), tempfile.TemporaryDirectory(
             dir=out_dir, prefix=f".{host}.tmp-{os.getpid()}-") as s:
@@ -393,7 +393,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
         if compression is not Compression.none:
             compress(image, compression, mode=mode)
         files = [{"path": e.path, "sha256": _sha(e.data), "source": "host"}
-                 for e in delta.root if e.kind == "file"]
+                 for e in delta.root if e.kind == "file" and e.path not in private]
         files += [{"path": f"{base.boot_mount}{e.path}", "sha256": _sha(e.data),
                    "source": "host"} for e in delta.boot]
         by_dest = {r.dest: r for r in delta.rendered}
@@ -419,7 +419,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
                       "partuuids": {"boot": partuuid(disk, 1), "root": partuuid(disk, 2)}},
             "secrets": secrets,
         }
-        write_manifest(stage / f"{host}.manifest.json", manifest)
+        write_manifest(stage / f"{host}.manifest.json", manifest, mode=mode)
         _publish(stage, out_dir, host)
     return sha
 

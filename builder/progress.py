@@ -105,11 +105,11 @@ def ticking(progress: Progress, every: float = 1.0) -> Iterator[Progress]:
 
 # What apt, dpkg and mmdebstrap print, and the phase each line means.
 _PHASES: tuple[tuple[re.Pattern[str], str, bool], ...] = (
-    (re.compile(r"^Get:\d+ "), "download", True),
+    (re.compile(r"^Get:\d+ \S+ \S+ \S+ (\S+)"), "download", True),
     (re.compile(r"^I: extracting archives"), "extract", False),
     (re.compile(r"^I: installing essential packages"), "essential", False),
-    (re.compile(r"^Unpacking \S+ "), "unpack", True),
-    (re.compile(r"^Setting up \S+ "), "configure", True),
+    (re.compile(r"^Unpacking ([^\s:]+)"), "unpack", True),
+    (re.compile(r"^Setting up ([^\s:]+)"), "configure", True),
     (re.compile(r"^I: running --customize-hook"), "customize (initramfs)", False),
     (re.compile(r"^I: creating tarball"), "tarball", False),
 )
@@ -120,22 +120,24 @@ class Meter:
     """Turns apt/dpkg/mmdebstrap output lines into phase and count updates."""
 
     progress: Progress
-    seen: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, set[str]] = field(default_factory=dict)
     on_phase: Callable[[str, float], None] | None = None
     _phase_start: float = field(default_factory=time.monotonic)
 
     def feed(self, line: str) -> None:
         line = line.strip()
         for pattern, phase, counts in _PHASES:
-            if pattern.match(line):
+            m = pattern.match(line)
+            if m:
                 if phase != self.progress.phase:
                     now = time.monotonic()
                     if self.on_phase is not None:
                         self.on_phase(self.progress.phase, now - self._phase_start)
                     self._phase_start = now
-                n = self.seen.get(phase, 0) + (1 if counts else 0)
-                self.seen[phase] = n
-                self.progress.update(phase=phase, done=n)
+                names = self.seen.setdefault(phase, set())
+                if counts:
+                    names.add(m.group(1))   # a package unpacked twice counts once
+                self.progress.update(phase=phase, done=len(names))
                 return
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ PACKAGES="
   python3 python3-venv python3-pip python3-guestfs libguestfs-tools linux-image-amd64
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-utils ipxe-qemu seabios
   mmdebstrap debian-archive-keyring ca-certificates
-  bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client
+  bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client openssl
 "
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -67,3 +67,10 @@ def mini(tmp_path: Path) -> Path:
 @pytest.fixture
 def edit() -> Callable[..., Path]:
     return write
+
+
+@pytest.fixture(autouse=True)
+def project_secrets_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test project keeps its secrets store beside its profiles/, whatever
+    the caller's $PIBAKE_SECRETS says."""
+    monkeypatch.delenv("PIBAKE_SECRETS", raising=False)

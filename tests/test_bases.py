@@ -105,9 +105,11 @@ def test_progress_lines_without_a_terminal() -> None:
     times: dict[str, float] = {}
     meter = Meter(Progress("bootstrap trixie/arm64", 3, interval=3600, stream=out, tty=False),
                   on_phase=lambda p, t: times.__setitem__(p, t))
-    for line in ("Get:1 http://x trixie/main arm64 libc6", "Get:2 http://x a", "noise",
-                 "I: extracting archives...", "Unpacking libc6 (2.41-12) ...",
-                 "Setting up libc6 (2.41-12) ...", "Setting up apt (3.0.3) ..."):
+    for line in ("Get:1 http://x/debian trixie/main arm64 libc6 arm64 2.41-12 [2,859 kB]",
+                 "Get:2 http://x/debian trixie/main arm64 apt arm64 3.0.3 [1,496 kB]", "noise",
+                 "I: extracting archives...", "Unpacking libc6:arm64 (2.41-12) ...",
+                 "Unpacking libc6:arm64 (2.41-12) over (2.41-12) ...",
+                 "Setting up libc6:arm64 (2.41-12) ...", "Setting up apt (3.0.3) ..."):
         meter.feed(line)
     meter.close()
     lines = out.getvalue().splitlines()
@@ -116,6 +118,8 @@ def test_progress_lines_without_a_terminal() -> None:
         "    bootstrap trixie/arm64: download 1/3", "    bootstrap trixie/arm64: extract",
         "    bootstrap trixie/arm64: unpack 1/3", "    bootstrap trixie/arm64: configure 1/3"]
     assert meter.progress.text().startswith("    bootstrap trixie/arm64: configure 2/3, 0m")
+    assert meter.seen["download"] == {"libc6", "apt"}
+    assert meter.seen["unpack"] == {"libc6"}          # unpacked twice, counted once
     assert set(times) == {"start", "download", "extract", "unpack", "configure"}
 
 

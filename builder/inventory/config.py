@@ -12,6 +12,7 @@ cluster.yaml::
       timezone: Etc/UTC
       mirror: null                 # Debian archive URL; default: the build host's apt sources
       base: debian-trixie          # every host's base unless its own file names one
+      secrets_dir: null            # the secrets store; default: secrets/ beside profiles/
       admin:
         user: admin                # login account; no password, SSH keys only
         ssh_authorized_keys: []
@@ -96,6 +97,7 @@ class Cluster:
     vars: Mapping[str, Any]
     bases: Mapping[str, Base]          # the catalog plus the user's own
     base: str = DEFAULT_BASE           # cluster.base: every host's unless its file names one
+    secrets_dir: str | None = None     # cluster.secrets_dir as written (relative to the project)
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     shown = CLUSTER_FILE
     top = Reader(load_yaml(root / shown, shown), shown, "",
                  ["cluster", "networks", "nodes", "vars", "bases"])
-    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin", "base"])
+    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin", "base",
+                              "secrets_dir"])
     name = hostname(c.text("name", hint="name the cluster, e.g. name: rpi-cluster"),
                     c.loc("name"))
     domain = c.text("domain", hint="set the DNS domain, e.g. domain: cluster.lan")
@@ -229,7 +232,8 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
                           f"{known_list(bases)}){suggest(base, bases)}")
     return Cluster(name=name, domain=domain, timezone=timezone, mirror=mirror, admin=admin,
                    networks=MappingProxyType(networks), nodes=MappingProxyType(nodes),
-                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases), base=base)
+                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases), base=base,
+                   secrets_dir=c.opt_str("secrets_dir"))
 
 
 def _networks(top: Reader) -> dict[str, Network]:

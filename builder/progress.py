@@ -44,7 +44,9 @@ class Progress:
         elapsed = int(time.monotonic() - self._start)
         count = ""
         if self.done:
-            count = f" {self.done}/{self.total}" if self.total else f" {self.done}"
+            # the total is the preflight's estimate; past it, the count alone
+            fits = self.total and self.done <= self.total
+            count = f" {self.done}/{self.total}" if fits else f" {self.done}"
         extra = f" {self.extra}" if self.extra else ""
         return f"    {self.label}: {self.phase}{count}{extra}, {elapsed // 60}m{elapsed % 60:02d}s"
 

@@ -124,13 +124,32 @@ class Meter:
     progress: Progress
     seen: dict[str, set[str]] = field(default_factory=dict)
     on_phase: Callable[[str, float], None] | None = None
+    configure_seconds: dict[str, float] = field(default_factory=dict)
     _phase_start: float = field(default_factory=time.monotonic)
+    _configuring: tuple[str, float] | None = None
+
+    def _end_configure(self, now: float) -> None:
+        """A package's configure time runs from its "Setting up" line to the
+        next line that starts something else (under emulation the maintainer
+        scripts, triggers and depmod are where the minutes go)."""
+        if self._configuring is not None:
+            name, since = self._configuring
+            self.configure_seconds[name] = self.configure_seconds.get(name, 0.0) + now - since
+            self._configuring = None
+
+    def slowest(self, count: int = 5) -> list[tuple[str, float]]:
+        ranked = sorted(self.configure_seconds.items(), key=lambda kv: -kv[1])
+        return ranked[:count]
 
     def feed(self, line: str) -> None:
         line = line.strip()
         for pattern, phase, counts in _PHASES:
             m = pattern.match(line)
             if m:
+                now = time.monotonic()
+                self._end_configure(now)
+                if phase == "configure":
+                    self._configuring = (m.group(1), now)
                 if phase != self.progress.phase:
                     now = time.monotonic()
                     if self.on_phase is not None:
@@ -143,5 +162,6 @@ class Meter:
                 return
 
     def close(self) -> None:
+        self._end_configure(time.monotonic())
         if self.on_phase is not None:
             self.on_phase(self.progress.phase, time.monotonic() - self._phase_start)

@@ -121,6 +121,7 @@ def test_progress_lines_without_a_terminal() -> None:
     assert meter.seen["download"] == {"libc6", "apt"}
     assert meter.seen["unpack"] == {"libc6"}          # unpacked twice, counted once
     assert set(times) == {"start", "download", "extract", "unpack", "configure"}
+    assert set(dict(meter.slowest())) == {"libc6", "apt"}   # what was configured, timed
 
 
 def test_progress_is_silent_when_quiet() -> None:

@@ -429,3 +429,4 @@ def _run_with_progress(argv: list[str], spec: BootstrapSpec, total: int) -> None
                   what=f"mmdebstrap {spec.suite}/{spec.arch}")
     meter.close()
     log.info("    phases: " + ", ".join(f"{p} {t:.0f}s" for p, t in times.items() if t >= 0.5))
+    log.info("    slowest to configure: " + ", ".join(f"{p} {t:.0f}s" for p, t in meter.slowest()))

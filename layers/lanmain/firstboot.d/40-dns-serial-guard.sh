@@ -4,7 +4,8 @@
 # an older image is flashed, the zone serial is raised to the secondary's + 1,
 # so the secondary transfers this image's zone instead of keeping its newer
 # copy. The same happens when the serials are equal but the records differ (the
-# serial is the build's commit time: an inventory edited without a commit). Waits up to a minute for the
+# serial is the build's commit time: an inventory edited without a commit).
+# Waits up to a minute for the
 # secondary; if it does not answer, the primary's serial (the build time) stands:
 # a fresh pair, or a secondary that is down too.
 set -eu

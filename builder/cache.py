@@ -63,9 +63,7 @@ def locked(folder: Path) -> Iterator[None]:
     """Hold the lock of one cache entry: two builds sharing the cache (two
     terminals, ``make -j``) never build the same entry at once; the second waits
     and then finds it complete."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = folder.with_name(f".{folder.name}.lock")
-    with open(lock, "a") as fd:
+    with open(_lock_path(folder), "a") as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,6 +76,14 @@ def locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _lock_path(folder: Path) -> Path:
+    """Locks live apart (``<cache>/locks/``), so an entry's folder holds only the
+    entry and a failed build leaves nothing beside it."""
+    locks = folder.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"{folder.parent.name}-{folder.name}.lock"
 
 
 def use(folder: Path, files: tuple[str, ...],
@@ -218,8 +224,7 @@ def prune(keep: set[str], root: Path | None = None) -> list[Entry]:
     for e in entries(root):
         if e.kind == "kernel" or e.key in keep:
             continue
-        lock = e.path.with_name(f".{e.path.name}.lock")
-        with open(lock, "a") as fd:
+        with open(_lock_path(e.path), "a") as fd:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

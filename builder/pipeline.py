@@ -26,7 +26,7 @@ from typing import Any
 from builder import __version__, cache, log
 from builder.content.hostlayer import RoleFacts, disk_id
 from builder.content.identity import host_identity
-from builder.errors import NoSpaceError, PibakeError
+from builder.errors import BuildError, NoSpaceError, PibakeError
 from builder.image.assemble import assemble_disk, partuuid
 from builder.image.inputs import image_inputs
 from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
@@ -46,6 +46,8 @@ class BaseArtifact:
     boot_mount: str
     cmdline: str
     source_sha256: str      # the downloaded image's sha256, or the bootstrap tarball's
+    suites: tuple[str, ...] = ()    # the archive suites a bootstrap used
+    skipped: tuple[str, ...] = ()   # -updates/-security left out (broken index)
 
     @property
     def tar(self) -> Path:
@@ -74,6 +76,7 @@ class BuildResult:
     sha256: str
     role_cached: bool
     seconds: float
+    skipped_suites: tuple[str, ...] = ()   # the base was built without these
 
 
 def apt_cache_dir() -> Path:
@@ -103,7 +106,9 @@ def debian_base(model: str, mirror: str | None = None) -> BaseArtifact:
 def _artifact(base: Base, key: str, folder: Path, arch: str,
               meta: dict[str, Any]) -> BaseArtifact:
     return BaseArtifact(base.name, key, folder, arch, base.suite, meta["boot_mount"],
-                        meta["cmdline"], meta["source_sha256"])
+                        meta["cmdline"], meta["source_sha256"],
+                        tuple(meta.get("suites", [base.suite])),
+                        tuple(meta.get("skipped_suites", [])))
 
 
 def bootstrap_base(base: Base, model: str, arch: str, mirror: str | None) -> BaseArtifact:
@@ -120,10 +125,11 @@ def bootstrap_base(base: Base, model: str, arch: str, mirror: str | None) -> Bas
         preflight_emulation(arch)
         with log.step(f"bootstrap {base.name} {arch} ({spec.kernel})"), \
                 cache.atomic_dir(folder) as tmp:
-            bootstrap_rootfs(spec, tmp / "rootfs.tar", apt_cache_dir())
+            sources = bootstrap_rootfs(spec, tmp / "rootfs.tar", apt_cache_dir())
             meta = {"name": base.name, "arch": arch, "suite": base.suite,
                     "boot_mount": base.boot_mount, "cmdline": "",
-                    "source_sha256": cache.sha256_file(tmp / "rootfs.tar")}
+                    "source_sha256": cache.sha256_file(tmp / "rootfs.tar"),
+                    "suites": list(sources.suites), "skipped_suites": list(sources.skipped)}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return meta
 
@@ -185,12 +191,17 @@ def git_revision(root: Path) -> str:
 
 
 def build_image(plan: HostPlan, out_dir: Path,
-                compression: Compression = Compression.none) -> BuildResult:
+                compression: Compression = Compression.none, strict: bool = False) -> BuildResult:
     """Build one planned host: base, role, host image (plan_hosts has checked it)."""
     start = time.monotonic()
     host = plan.host
     pin_source_date_epoch(plan.project)  # every timestamp in the image; see reproducible.py
     base = base_artifact(plan)
+    if strict and base.skipped:
+        raise BuildError(f"{host}: its base {base.name} ({base.arch}) was built without "
+                         f"{', '.join(base.skipped)} (the archive's index was broken); "
+                         "--strict refuses that: when the archive serves it again, delete "
+                         f"{base.dir} and build again, or set cluster.mirror")
     role, cached = role_artifact(plan, base)
     if cached:
         log.info(f"==> role {'+'.join(plan.layer_names)} cached ({role.key[:12]})")
@@ -201,7 +212,8 @@ def build_image(plan: HostPlan, out_dir: Path,
     except NoSpaceError:
         raise NoSpaceError(f"{out_dir}: no space left on device while writing {host}.img; "
                            "free some space and build again") from None
-    return BuildResult(out_dir / f"{host}.img", sha, cached, time.monotonic() - start)
+    return BuildResult(out_dir / f"{host}.img", sha, cached, time.monotonic() - start,
+                       base.skipped)
 
 
 def _host_stage(plan: HostPlan, out_dir: Path, compression: Compression,
@@ -237,7 +249,8 @@ def _host_stage(plan: HostPlan, out_dir: Path, compression: Compression,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source_date_epoch": source_date_epoch(plan.project),
             "base": {"name": base.name, "kind": str(plan.base.kind), "suite": base.suite,
-                     "arch": base.arch, "sha256": base.source_sha256, "cache_key": base.key},
+                     "arch": base.arch, "sha256": base.source_sha256, "cache_key": base.key,
+                     "suites": list(base.suites), "skipped_suites": list(base.skipped)},
             "role": {"cache_key": role.key, "cached": cached},
             "layers": [{"name": la.name, "content_hash": la.content_hash}
                        for la in plan.layers],

@@ -19,6 +19,7 @@ from builder import cache, log
 from builder.errors import BuildError
 from builder.image.assemble import ext4_size_for, make_ext4, make_vfat
 from builder.image.reproducible import normalize_tree, pin_inode_ctimes, source_date_epoch
+from builder.inventory.bases import BaseKind
 from builder.inventory.layers import Layer, resolve_owner
 from builder.run import run, which
 
@@ -68,6 +69,18 @@ def apply_owners(layer: Layer, tree: Path) -> None:
         os.lchown(tree / item.dest.lstrip("/"), *ids)
 
 
+def check_role_archive(plan: HostPlan, tree: Path, apt_cache: Path) -> None:
+    """Every package the layers ask for is in the base's archive, before the
+    first slow install (a name that changed between suites fails in one line)."""
+    from builder.emulate.archive import check_role_packages
+
+    suite, arch = plan.base.suite, plan.arch
+    wanted = [p for layer in plan.layers for p in layer.packages_for(suite)]
+    if wanted:
+        with log.step(f"check the archive for the role's packages ({suite}/{arch})"):
+            check_role_packages(tree, suite, arch, wanted, apt_cache)
+
+
 def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: str,
                folder: Path, apt_cache: Path) -> dict[str, Any]:
     """Build the role into ``folder`` (atomically) and return its meta.json."""
@@ -84,6 +97,8 @@ def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: st
         with log.step("unpack base"):
             run([which("tar", "tar"), "-x", "-p", "--numeric-owner", "--xattrs",
                  "--xattrs-include=*", "-f", base_tar, "-C", tree], what="tar")
+        if plan.base.kind is BaseKind.bootstrap:
+            check_role_archive(plan, tree, apt_cache)
         with EmulatedChroot(tree, plan.arch, apt_cache) as chroot:
             for layer in plan.layers:
                 with log.step(f"layer {layer.name}"):

@@ -87,7 +87,7 @@ def test_nfs_client_mounts_lanmisc_export_on_demand() -> None:
 def test_distcc_and_mpi_from_the_inventory() -> None:
     f = files("compute-02")
     assert body(f["/etc/default/distcc"]) == [
-        'STARTDISTCC="true"', 'ALLOWEDNETS="10.20.0.0/24"', 'LISTENER="10.20.0.32"',
+        'STARTDISTCC="true"', 'ALLOWEDNETS="10.20.0.0/24"', 'LISTENER="0.0.0.0"',
         'NICE="10"', 'JOBS="4"', 'ZEROCONF="false"']
     assert body(f["/etc/pibake/mpi/hostfile"]) == [
         "compute-01:4", "compute-02:4", "compute-03:4", "compute-04:4"]
@@ -102,7 +102,7 @@ def test_lanmisc_exports_to_compute_nodes_only() -> None:
         "/srv/nfs/share " + " ".join(f"10.20.0.3{i}{opts}" for i in range(1, 5))]
     assert body(f["/etc/tmpfiles.d/pibake-nfs.conf"]) == ["d /srv/nfs/share 2775 root users -"]
     assert "fastcgi_pass unix:/run/php/php-fpm.sock;" in f["/etc/nginx/sites-available/default"]
-    assert "    bind 10.20.0.21:80\n" in f["/etc/haproxy/haproxy.cfg"]
+    assert "    bind :80\n" in f["/etc/haproxy/haproxy.cfg"]
     assert "alias /var/www/lanmisc/site/;" in f["/etc/nginx/sites-available/default"]
     site = f["/srv/hugo/site/content/_index.md"]
     assert "| compute-03 | 10.20.0.33 | compute |" in site

@@ -45,17 +45,18 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Validate every profile, layer and template without touching an image."""
+    from builder.content.checkers import check_rendered
     from builder.content.render import render_host
-    from builder.content.rolecheck import check_rendered
+    from builder.content.rolecheck import check_role_configs
 
     inv = _inventory(ctx)
-    count = 0
+    count = checked = 0
     for host in inv.profiles:
         rendered = render_host(inv, host)
-        check_rendered(host, rendered, require=False)  # with the checkers this host has
         count += len(rendered)
+        checked += check_rendered(host, rendered) + check_role_configs(host, rendered)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
-               f"{count} templates rendered")
+               f"{count} templates rendered, {checked} configs passed their daemon's checker")
 
 
 @cli.command()
@@ -79,9 +80,11 @@ def render(ctx: click.Context, host: str, dest: Path) -> None:
               default=None, help="Output folder (default: <project>/output).")
 @click.option("--compress", "compression", type=click.Choice(["none", "zstd", "xz"]),
               default="none", show_default=True, help="Also write a compressed copy.")
+@click.option("--catalog/--no-catalog", default=None,
+              help="Write output/os_list.json for Raspberry Pi Imager (default: with 2+ hosts).")
 @click.pass_context
 def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: Path | None,
-          compression: str) -> None:
+          compression: str, catalog: bool | None) -> None:
     """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
     from builder.errors import ConfigError
     from builder.image.outputs import Compression
@@ -99,6 +102,10 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
         result = build_image(inv, host, out, Compression(compression))
         click.echo(f"{result.image}  sha256 {result.sha256[:16]}…  "
                    f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
+    if catalog or (catalog is None and len(hosts) > 1):
+        from builder.image.catalog import write_catalog
+
+        click.echo(f"{write_catalog(inv, out)}  (Raspberry Pi Imager: rpi-imager --repo URL)")
 
 
 @cli.command()
@@ -138,11 +145,19 @@ def boot(ctx: click.Context, hosts: tuple[str, ...], image: Path | None, machine
         image or _project(ctx) / "output" / f"{host}.img", host=host, machine=Machine(machine),
         timeout=timeout, keep=keep, ssh_port=ssh_port,
         lan=LanSpec(lan_port) if lan_port else None, mac=nodes[host].mac,
-        ssh_user=inv.cluster.admin.user)
+        ssh_user=inv.cluster.admin.user, known_hosts=_known_hosts(inv))
     peak = f", qemu peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
     click.echo(f"{host}: first boot done in {result.seconds:.1f}s{peak}")
     if keep and result.ssh_command:
         click.echo(f"{host}: running (pid {result.pid}); ssh: {result.ssh_command}")
+
+
+def _known_hosts(inv):  # type: ignore[no-untyped-def]
+    """The store's @cert-authority line, for a kept VM's ssh command (None without a store)."""
+    from builder.content.secrets import Store
+
+    path = Store.at(inv).path / "known_hosts"
+    return path if path.is_file() else None
 
 
 def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str | None], *,
@@ -164,6 +179,137 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
             peak = f", qemu peak memory {res.peak_memory_mib:.0f} MiB" \
                 if res.peak_memory_mib else ""
             click.echo(f"{host}: first boot done in {res.seconds:.1f}s{peak}")
+
+
+@cli.command("cluster-test")
+@click.argument("scenario")
+@click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path.home() / ".ssh" / "id_ed25519", show_default=True,
+              help="Private key of the cluster's admin account (its public half is in "
+                   "cluster.yaml).")
+@click.option("--rebuild", "rebuild", multiple=True,
+              help="Node to stop and boot again from a fresh overlay (repeatable; default: "
+                   "the scenario's last node).")
+@click.option("--no-rebuild", is_flag=True, help="Only boot and check the joins.")
+@click.option("--timeout", type=float, default=900, show_default=True,
+              help="Seconds each phase may take to pass every check.")
+@click.pass_context
+def cluster_test(ctx: click.Context, scenario: str, identity: Path, rebuild: tuple[str, ...],
+                 no_rebuild: bool, timeout: float) -> None:
+    """Boot SCENARIO's nodes together under QEMU (a layer's nodes, or full) and
+    check from inside each VM that it joined its peers; then rebuild a node and
+    check that it comes back as itself and rejoins."""
+    from builder.vm.cluster import pick, run_scenario, summary
+
+    inv = _inventory(ctx)
+    chosen = pick(inv, scenario, () if no_rebuild else (rebuild or None))
+    report = run_scenario(inv, _project(ctx), chosen, identity=identity,
+                          check_timeout=timeout, echo=click.echo)
+    for line in summary(report):
+        click.echo(line)
+
+
+@cli.group()
+def secrets() -> None:
+    """The cluster's secrets store (outside git: $PIBAKE_SECRETS, cluster.secrets_dir
+    or secrets/ beside profiles/)."""
+
+
+@secrets.command("init")
+@click.pass_context
+def secrets_init(ctx: click.Context) -> None:
+    """Create every missing key, certificate and secret; never replace one."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    created = store.init()
+    click.echo(f"{store.shown}: {len(created)} created, "
+               f"{len(store.items()) - len(created)} already there")
+
+
+@secrets.command("list")
+@click.pass_context
+def secrets_list(ctx: click.Context) -> None:
+    """Names, kinds, creation dates and holders; never a value."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    store.check()
+    for name, kind, created, holders in store.listing():
+        click.echo(f"{name:36} {kind:13} {created:16}  {holders}")
+
+
+@secrets.command("rotate")
+@click.argument("name")
+@click.pass_context
+def secrets_rotate(ctx: click.Context, name: str) -> None:
+    """Replace NAME on purpose (and re-sign what depends on it)."""
+    from builder.content.secrets import Store
+
+    store = Store.at(_inventory(ctx))
+    renewed, rebuild = store.rotate(name)
+    click.echo(f"{store.shown}: renewed {', '.join(renewed)}; rebuild: "
+               f"pibake build {' '.join(rebuild)}")
+
+
+@cli.command("ssh-config")
+@click.pass_context
+def ssh_config(ctx: click.Context) -> None:
+    """Print the known_hosts line and a ~/.ssh/config block that verify every node
+    strictly against the cluster's host CA."""
+    from builder.content.secrets import Store
+
+    inv = _inventory(ctx)
+    store = Store.at(inv)
+    store.check()
+    known = store.read("known_hosts").strip()
+    click.echo(f"# ~/.ssh/known_hosts (the one line for the whole cluster):\n{known}\n")
+    click.echo("# ~/.ssh/config:")
+    for node in inv.cluster.nodes.values():
+        click.echo(f"Host {node.name} {node.name}.{inv.cluster.domain}\n"
+                   f"    HostName {node.ip}\n    User {inv.cluster.admin.user}\n"
+                   f"    HostKeyAlias {node.name}\n    StrictHostKeyChecking yes\n")
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("device", type=click.Path(path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for the host name to be typed back.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding HOST.img (default: <project>/output).")
+@click.option("--max-size", default="256G", show_default=True,
+              help="Refuse a device larger than this (an SD card is smaller).")
+@click.option("--allow-fixed", is_flag=True,
+              help="Allow a disk that is neither removable nor hot-plugged.")
+@click.option("--stale-ok", is_flag=True,
+              help="Flash an image built before its inventory or layers changed.")
+@click.option("--allow-file", is_flag=True, help="DEVICE may be a plain file (for tests).")
+@click.pass_context
+def flash(ctx: click.Context, host: str, device: Path, yes: bool, output: Path | None,
+          max_size: str, allow_fixed: bool, stale_ok: bool, allow_file: bool) -> None:
+    """Write output/HOST.img to DEVICE (an SD card), read it back and compare."""
+    from builder.errors import FlashError
+    from builder.image import flash as flashing
+
+    plan = flashing.plan_for_host(
+        _inventory(ctx), host, device, output or _project(ctx) / "output", stale_ok=stale_ok,
+        allow_file=allow_file, max_size=flashing.parse_size(max_size), allow_fixed=allow_fixed)
+    if not yes:
+        for line in plan.describe():
+            click.echo(line, err=True)
+        try:
+            typed = click.prompt(f"type the host name ({host}) to write it", default="",
+                                 show_default=False, err=True)
+        except click.exceptions.Abort:
+            click.echo(err=True)  # end the prompt's line
+            raise FlashError(f"{device}: no host name typed; nothing was written (--yes skips "
+                             "the question)") from None
+        if typed.strip() != host:
+            raise FlashError(f"{device}: typed {typed.strip()!r}, not {host!r}; nothing was "
+                             "written")
+    result = flashing.write_plan(plan)
+    click.echo(f"{result.device}: {result.host} written and verified, sha256 {result.sha256}, "
+               f"{result.data_bytes / 2**20:.0f} MiB in {result.seconds:.1f}s ({result.tool})")
 
 
 @cli.command()

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, cache, log
-from builder.content.hostlayer import RoleFacts, disk_id, host_delta
+from builder.content.checkers import check_rendered
+from builder.content.hostlayer import RoleFacts, disk_id
+from builder.content.identity import host_identity
 from builder.content.render import render_host
-from builder.content.rolecheck import check_rendered
+from builder.content.rolecheck import check_role_configs
 from builder.errors import BuildError, NoSpaceError
 from builder.image.assemble import (
     assemble_disk,
@@ -38,7 +40,14 @@ from builder.image.assemble import (
     make_vfat,
     partuuid,
 )
+from builder.image.inputs import image_inputs
 from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
+from builder.image.reproducible import (
+    normalize_tree,
+    pin_inode_ctimes,
+    pin_source_date_epoch,
+    source_date_epoch,
+)
 from builder.inventory.bases import Base, BaseKind
 from builder.inventory.config import Inventory
 from builder.inventory.layers import Layer
@@ -280,9 +289,13 @@ def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> 
             boot_tree.mkdir()
         boot_src.mkdir(mode=0o755, parents=True, exist_ok=True)
         with log.step("partition images"), cache.atomic_dir(folder) as tmp:
+            epoch = source_date_epoch(inv.root)
+            normalize_tree(tree, epoch)
+            normalize_tree(boot_tree, epoch)
             fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pibake-role:{folder.name}"))
             make_ext4(tree, tmp / "root.ext4", size=ext4_size_for(tree), label="rootfs",
                       uuid=fs_uuid, compat=profile.base.fs_compat)
+            pin_inode_ctimes(tmp / "root.ext4", epoch)
             make_vfat(boot_tree, tmp / "boot.vfat", label="bootfs",
                       volume_id=folder.name[:8])
             meta = {**facts, "packages": packages, "layers": list(profile.layers),
@@ -336,8 +349,11 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
                 compression: Compression = Compression.none) -> BuildResult:
     start = time.monotonic()
     profile = inv.profile(host)
-    # templates are rendered and checked by the daemons' checkers before any slow work
-    check_rendered(host, render_host(inv, host))
+    pin_source_date_epoch(inv.root)  # every timestamp in the image; see reproducible.py
+    # templates are rendered and each daemon config checked before any slow work
+    rendered = render_host(inv, host)
+    check_rendered(host, rendered)
+    check_role_configs(host, rendered)
     base = base_artifact(inv, host)
     role, cached = role_artifact(inv, host, base)
     if cached:
@@ -355,9 +371,8 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
 def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compression,
                 base: BaseArtifact, role: RoleArtifact, cached: bool) -> str:
     profile = inv.profile(host)
-    delta = host_delta(inv, host, role.facts)
+    delta, secrets, private = host_identity(inv, host, role.facts)
     disk = disk_id(inv.cluster.name, host)
-    secrets: list[str] = []
     mode = image_mode(bool(secrets))
     with log.step(f"host image {host}"), tempfile.TemporaryDirectory(
             dir=out_dir, prefix=f".{host}.tmp-{os.getpid()}-") as s:
@@ -371,7 +386,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
         if compression is not Compression.none:
             compress(image, compression, mode=mode)
         files = [{"path": e.path, "sha256": _sha(e.data), "source": "host"}
-                 for e in delta.root if e.kind == "file"]
+                 for e in delta.root if e.kind == "file" and e.path not in private]
         files += [{"path": f"{base.boot_mount}{e.path}", "sha256": _sha(e.data),
                    "source": "host"} for e in delta.boot]
         by_dest = {r.dest: r for r in delta.rendered}
@@ -384,6 +399,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
             "tool": {"name": "pibake", "version": __version__},
             "git_revision": git_revision(inv.root),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_date_epoch": source_date_epoch(inv.root),
             "base": {"name": base.name, "kind": str(profile.base.kind), "suite": base.suite,
                      "arch": base.arch, "sha256": base.source_sha256, "cache_key": base.key},
             "role": {"cache_key": role.key, "cached": cached},
@@ -395,8 +411,9 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
                       "disk_id": f"0x{disk:08x}",
                       "partuuids": {"boot": partuuid(disk, 1), "root": partuuid(disk, 2)}},
             "secrets": secrets,
+            "inputs": image_inputs(inv, host),
         }
-        write_manifest(stage / f"{host}.manifest.json", manifest)
+        write_manifest(stage / f"{host}.manifest.json", manifest, mode=mode)
         _publish(stage, out_dir, host)
     return sha
 

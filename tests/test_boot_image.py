@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from builder.cache import sha256_file
-from builder.content.hostlayer import machine_id
+from builder.content.identity import machine_id
+from builder.content.secrets import Store
 from builder.errors import BootError
+from builder.inventory.config import load_inventory
 from builder.vm.boot import boot_image
 from builder.vm.qemu import Machine
 from tests.conftest import write
@@ -74,7 +76,8 @@ def test_failed_step_then_retry_then_idempotent(image: tuple[Path, Path], tmp_pa
         assert failed_units <= ALLOWED_FAILED_UNITS, failed_units
         # --wait: the runner may report done before every other unit has started
         assert ssh(port, key, "sudo systemctl is-system-running --wait") == "running"
-        assert ssh(port, key, "cat /etc/machine-id") == machine_id("mini", "node-01")
+        store = Store.at(load_inventory(img.parent.parent))
+        assert ssh(port, key, "cat /etc/machine-id") == machine_id(store, "node-01")
         # exactly the key types the base layer asks for, made before sshd started
         assert ssh(port, key, "ls /etc/ssh/ | grep 'key.pub$'").split() == [
             "ssh_host_ecdsa_key.pub", "ssh_host_ed25519_key.pub"]

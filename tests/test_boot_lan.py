@@ -28,11 +28,11 @@ def test_two_nodes_reach_each_other_on_the_shared_lan(tmp_path: Path) -> None:
         assert sorted(vms) == sorted(HOSTS)
         one, two = vms["node-01"].result.ssh_port, vms["node-02"].result.ssh_port
         assert "192.168.77.15/24" in ssh(one, key, "ip -4 -o addr show eth0")
-        assert "192.168.77.16/24" in ssh(two, key, "ip -4 -o addr show eth0")
+        assert "192.168.77.16/24" in ssh(two, key, "ip -4 -o addr show eth0", "node-02")
         # by name (the host layer's /etc/hosts) to the peer's sshd, over the LAN only
         probe = ("timeout 20 bash -c 'exec 3<>/dev/tcp/{peer}/22; head -c 7 <&3'")
         assert ssh(one, key, probe.format(peer="node-02")) == "SSH-2.0"
-        assert ssh(two, key, probe.format(peer="node-01")) == "SSH-2.0"
+        assert ssh(two, key, probe.format(peer="node-01"), "node-02") == "SSH-2.0"
         route = ssh(one, key, "ip -o route get 192.168.77.16")
         assert " dev eth0 " in route, route
         # the peer answered from the MAC its QEMU NIC was given (mac_for(host))

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.content.hostlayer import machine_id
+from builder.content.identity import machine_id
+from builder.content.secrets import Store
 from builder.image.assemble import read_ext4, read_vfat
+from builder.inventory.config import load_inventory
 from tests.conftest import make_mini_project, write
 
 pytestmark = pytest.mark.integration
@@ -89,11 +91,13 @@ def test_image_layout_and_identity(built: dict[str, object], tmp_path: Path) -> 
     assert read_ext4(root, "/etc/web/static.txt") == b"static\n"   # files/ copied
 
     # hygiene
-    # fixed per host, so systemd sees no first boot and a rebuilt card keeps its id
-    assert read_ext4(root, "/etc/machine-id") == (machine_id("mini", "node-01") + "\n").encode()
-    listing = subprocess.run(["debugfs", "-R", "ls /etc/ssh", str(root)], capture_output=True,
-                             text=True).stdout
-    assert "ssh_host_" not in listing
+    # fixed per host (from its secret in the store), so systemd sees no first boot
+    # and a rebuilt card keeps its id
+    store = Store.at(load_inventory(project))
+    assert read_ext4(root, "/etc/machine-id") == (machine_id(store, "node-01") + "\n").encode()
+    # its own host keys from the store, none made by a package at role build time
+    assert read_ext4(root, "/etc/ssh/ssh_host_ed25519_key") == (
+        store.path / "hosts/node-01/ssh_host_ed25519_key").read_bytes()
     lists = subprocess.run(["debugfs", "-R", "ls /var/lib/apt/lists", str(root)],
                            capture_output=True, text=True).stdout
     assert "Packages" not in lists and "Release" not in lists
@@ -133,7 +137,7 @@ def test_checksum_bmap_manifest(built: dict[str, object], tmp_path: Path) -> Non
     assert files["/etc/web/page.txt"]["source"] == "layers/web/templates/etc/web/page.txt.j2"
     assert files["/etc/hostname"]["source"] == "host"
     assert manifest["image"]["sha256"] == (out / "node-02.img.sha256").read_text().split()[0]
-    assert manifest["secrets"] == []
+    assert manifest["secrets"] == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key"]
     assert manifest["git_revision"]
     # sparse: the image occupies far less than its size
     st = (out / "node-02.img").stat()

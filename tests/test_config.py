@@ -30,7 +30,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 def test_check_passes_on_mini_project(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "-C", str(mini), "check")
-    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 10 templates rendered\n", "")
+    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 10 templates rendered, 2 configs "
+                                "passed their daemon's checker\n", "")
 
 
 def test_shipped_inventory_checks(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,7 +57,7 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "did you mean 'layers'?"),
     ("unknown-key-cluster", "profiles/cluster.yaml", "  domain:", "  domian:",
      "profiles/cluster.yaml: cluster.domian: unknown key (known: admin, domain, mirror, name, "
-     "timezone); did you mean 'domain'?"),
+     "secrets_dir, timezone); did you mean 'domain'?"),
     ("duplicate-ip", "profiles/cluster.yaml", "ip: 192.168.77.16", "ip: 192.168.77.15",
      "profiles/cluster.yaml: nodes.node-02.ip: 192.168.77.15 is already the address of node-01; "
      "every node needs its own"),
@@ -215,7 +216,7 @@ def test_render_writes_every_file(mini: Path, capsys: pytest.CaptureFixture[str]
                          "HostKey /etc/ssh/ssh_host_ecdsa_key\n")
     assert (dest / "etc/sudoers.d/10-pibake-admin").stat().st_mode & 0o777 == 0o440
     assert (dest / "usr/local/sbin/pibake-firstboot").stat().st_mode & 0o111
-    assert out == f"node-02: 32 files written to {dest}\n"
+    assert out == f"node-02: 35 files written to {dest}\n"
 
 
 def test_render_refuses_non_empty_folder(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -170,3 +170,12 @@ def test_manifest_with_unserialisable_data_leaves_no_file(tmp_path: Path) -> Non
 def test_image_mode() -> None:
     assert image_mode(has_secrets=True) == 0o600
     assert image_mode(has_secrets=False) == 0o644
+
+
+def test_side_files_are_as_private_as_their_image(img: Path) -> None:
+    os.chmod(img, 0o600)
+    write_sha256(img)
+    assert img.with_name(img.name + ".sha256").stat().st_mode & 0o777 == 0o600
+    os.chmod(img, 0o644)
+    write_sha256(img)
+    assert img.with_name(img.name + ".sha256").stat().st_mode & 0o777 == 0o644

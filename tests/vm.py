@@ -32,17 +32,26 @@ def build(project: Path, *hosts: str) -> None:
         assert done.returncode == 0, done.stderr
 
 
-def ssh(port: int, key: Path, command: str) -> str:
-    proc = subprocess.run(ssh_argv(port, "admin", key, command), capture_output=True, text=True,
-                          timeout=120)
+def known_hosts(key: Path) -> Path:
+    """The store's @cert-authority line: keyed_project's store is proj/secrets
+    beside the key (the first build creates it)."""
+    return key.parent / "proj/secrets/known_hosts"
+
+
+def ssh(port: int, key: Path, command: str, host: str = "node-01") -> str:
+    """Run ``command`` on a booted VM as admin; its host key must carry a
+    certificate for ``host`` from the store's host CA (strict checking)."""
+    proc = subprocess.run(ssh_argv(port, "admin", key, command, host=host,
+                                   known_hosts=known_hosts(key)),
+                          capture_output=True, text=True, timeout=120)
     return proc.stdout.strip()
 
 
-def stop(pid: int | None, port: int, key: Path) -> None:
+def stop(pid: int | None, port: int, key: Path, host: str = "node-01") -> None:
     """Power a kept VM off from inside (so its disk is consistent) and reap it."""
     if pid is None:
         return
-    ssh(port, key, "sudo systemctl poweroff")
+    ssh(port, key, "sudo systemctl poweroff", host)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.content.render import Rendered, render_host
+from builder.content.secrets import SecretSource
 from builder.errors import ConfigError
 from builder.image.assemble import Entry, partuuid
 from builder.inventory.bases import Base, Model
@@ -67,7 +68,9 @@ def machine_id(cluster: str, host: str) -> str:
     A fixed id means systemd never sees a first boot: no preset-all pass over
     every unit (12 s under emulation), no machine-id commit, and the DHCP
     client id that systemd-networkd derives from it survives a re-flashed card.
-    It is derived from names, so it is unique in the cluster but not secret.
+    Derived from names: what `pibake render` shows. A build replaces it with
+    one derived from the host's secret (identity.machine_id), which is not
+    guessable from names, as machine-id(5) asks.
     """
     digest = bytearray(hashlib.sha256(f"pibake-machine-id:{cluster}:{host}".encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x40      # shaped like systemd's own: a v4 UUID
@@ -201,11 +204,12 @@ def firstboot_entries(inv: Inventory, host: str, base: Base) -> list[Entry]:
     return entries
 
 
-def host_delta(inv: Inventory, host: str, facts: RoleFacts) -> HostDelta:
+def host_delta(inv: Inventory, host: str, facts: RoleFacts,
+               secrets: SecretSource | None = None) -> HostDelta:
     profile = inv.profile(host)
     base = profile.base
     disk = disk_id(inv.cluster.name, host)
-    rendered = render_host(inv, host)
+    rendered = render_host(inv, host, secrets)
     boot_prefix = base.boot_mount.rstrip("/") + "/"
     root: list[Entry] = []
     boot: list[Entry] = []

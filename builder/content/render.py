@@ -16,8 +16,10 @@ from typing import Any
 
 import jinja2
 
+from builder.content.secrets import SecretSource, accessor
 from builder.errors import ConfigError
 from builder.inventory.config import Inventory
+from builder.inventory.facts import lanmain_context
 from builder.inventory.layers import Layer
 from builder.inventory.rolefacts import role_view
 
@@ -31,6 +33,7 @@ class Rendered:
     mode: int
     layer: str
     source: str    # "layers/compute/templates/etc/x.conf.j2"
+    secrets: tuple[str, ...] = ()   # the secrets it read with secret(): its data is secret
 
 
 def node_view(inv: Inventory, host: str) -> dict[str, Any]:
@@ -74,6 +77,8 @@ def context(inv: Inventory, host: str) -> dict[str, Any]:
                  "timezone": inv.cluster.timezone, "admin_user": inv.cluster.admin.user},
         roles=role_view(inv),
     )
+    if "lanmain" in inv.profile(host).layers:
+        ctx["lanmain"] = lanmain_context(inv, host)
     return ctx
 
 
@@ -86,8 +91,9 @@ def _env(layer: Layer) -> jinja2.Environment:
     )
 
 
-def render_layer(inv: Inventory, host: str, layer: Layer,
-                 ctx: dict[str, Any] | None = None) -> list[Rendered]:
+def render_layer(inv: Inventory, host: str, layer: Layer, ctx: dict[str, Any] | None = None,
+                 secrets: SecretSource | None = None) -> list[Rendered]:
+    """Render the layer's templates; ``secret()`` reads ``secrets``, or stand-ins."""
     if not layer.templates:
         return []
     ctx = context(inv, host) if ctx is None else ctx
@@ -99,10 +105,14 @@ def render_layer(inv: Inventory, host: str, layer: Layer,
         raise ConfigError(f"{inv.var_origin(host, name)}: {ctx.get(name)!r} {why}")
 
     env.globals["invalid"] = invalid
+    current, used = [""], list[str]()
+    env.globals["secret"] = accessor(inv, layer.name, secrets, lambda: current[0], used)
     out = []
     for item in layer.templates:
         rel = item.src.relative_to(layer.path / "templates").as_posix()
         shown = f"{layer.shown}/templates/{rel}"
+        current[0] = shown
+        used.clear()
         managed = f"managed by pibake, layer {layer.name} ({rel}); local edits are lost on rebuild"
         try:
             text = env.get_template(rel).render({**ctx, "pibake_managed": managed})
@@ -117,10 +127,17 @@ def render_layer(inv: Inventory, host: str, layer: Layer,
             ) from None
         except jinja2.TemplateError as exc:
             raise ConfigError(f"{shown}: template error: {exc}") from None
+        if not text.strip():
+            continue  # a template that renders to nothing (a branch not chosen) is not written
         if "managed by pibake" not in text and not item.dest.endswith(HEADER_EXEMPT_SUFFIXES):
             raise ConfigError(f"{shown}: rendered file has no 'managed by pibake' header; add a "
                               "comment line with {{ pibake_managed }} at the top")
-        out.append(Rendered(item.dest, text.encode(), item.mode & 0o7777, layer.name, shown))
+        if used and item.mode & 0o004:
+            raise ConfigError(f"{shown}: reads secret {used[0]!r} but would be readable by every "
+                              f"user ({item.mode & 0o7777:04o}); set modes: {{{item.dest}: "
+                              f"\"0600\"}} in {layer.shown}/layer.yaml")
+        out.append(Rendered(item.dest, text.encode(), item.mode & 0o7777, layer.name, shown,
+                            tuple(sorted(set(used)))))
     return out
 
 
@@ -131,10 +148,12 @@ def _template_line(exc: BaseException, src: Path) -> int | None:
     return None
 
 
-def render_host(inv: Inventory, host: str) -> list[Rendered]:
-    """Every template of the host's layers, in profile order (a later layer wins)."""
+def render_host(inv: Inventory, host: str,
+                secrets: SecretSource | None = None) -> list[Rendered]:
+    """Every template of the host's layers, in profile order (a later layer wins);
+    without ``secrets`` (check, render, the early verify) secret() gives stand-ins."""
     ctx = context(inv, host)
     result: list[Rendered] = []
     for name in inv.profile(host).layers:
-        result.extend(render_layer(inv, host, inv.layers[name], ctx))
+        result.extend(render_layer(inv, host, inv.layers[name], ctx, secrets))
     return result

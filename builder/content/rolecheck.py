@@ -12,7 +12,8 @@ Covered here: HAProxy (``haproxy -c``), Nginx (``nginx -t``), keepalived
 (``keepalived -t``), NFS exports (exports(5) syntax, as exportfs parses it),
 Docker's daemon.json (JSON object), the deployer's SSH client config
 (``ssh -G``), its Python tools (compiled) and our own systemd units
-(``systemd-analyze verify``). The lanmain daemons have their own module.
+(``systemd-analyze verify``). The lanmain daemons have their own module
+(checkers.py); the build and ``pibake check`` call both.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from builder import cache
@@ -253,17 +254,30 @@ def _tools_fingerprint() -> list[tuple[str, str | None, int]]:
     return result
 
 
-def check_rendered(host: str, rendered: list[Rendered] | tuple[Rendered, ...],
-                   require: bool = True) -> None:
-    """Write the host's rendered files to a scratch tree and check them; the
-    first problem stops the build as one line naming the host. A pass is
-    remembered by the hash of the files and the checkers, so a warm build
-    with unchanged configs does not run them again."""
-    key = cache.key_of("rolecheck", 1, require, _tools_fingerprint(),
+def checked_files(tree: Path) -> int:
+    """How many of the tree's files the checkers look at."""
+    count = 0
+    for rel, checker in CHECKS:
+        path = tree / rel
+        if path.is_file():
+            count += 1
+        elif path.is_dir() and checker is check_python:
+            count += len(list(path.rglob("*.py")))
+        elif path.is_dir() and checker is check_units:
+            count += sum(1 for p in path.iterdir() if p.suffix in UNIT_SUFFIXES)
+    return count
+
+
+def check_role_configs(host: str, rendered: Sequence[Rendered], require: bool = True) -> int:
+    """Write the host's rendered files to a scratch tree and check them; return
+    how many were checked. The first problem stops the build as one line naming
+    the host. A pass is remembered by the hash of the files and the checkers,
+    so a warm build with unchanged configs does not run them again."""
+    key = cache.key_of("rolecheck", 2, require, _tools_fingerprint(),
                        sorted((r.dest, hashlib.sha256(r.data).hexdigest()) for r in rendered))
     stamp = cache.cache_dir() / "checks" / key
     if stamp.exists():
-        return
+        return int(stamp.read_text().split()[-1])
     with tempfile.TemporaryDirectory(prefix="pibake-check-") as tmp:
         tree = Path(tmp)
         for r in rendered:
@@ -271,6 +285,7 @@ def check_rendered(host: str, rendered: list[Rendered] | tuple[Rendered, ...],
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(r.data)
         problems = check_tree(tree, require)
+        count = checked_files(tree)
     missing = [p for p in problems if "is not installed on this host" in p]
     if missing:
         raise PreflightError(f"{host}: {missing[0]}")
@@ -280,4 +295,5 @@ def check_rendered(host: str, rendered: list[Rendered] | tuple[Rendered, ...],
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(f"{host}: {first}{more}" + (f"; fix {source}" if source else ""))
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(host + "\n")
+    stamp.write_text(f"{host} {count}\n")
+    return count

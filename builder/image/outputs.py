@@ -33,6 +33,11 @@ def image_mode(has_secrets: bool) -> int:
     return 0o600 if has_secrets else 0o644
 
 
+def _side_mode(img: Path) -> int:
+    """A side file is as private as its image (an image with secrets is 0600)."""
+    return 0o600 if img.stat().st_mode & 0o077 == 0 else 0o644
+
+
 def _sibling(img: Path, suffix: str) -> Path:
     return img.with_name(img.name + suffix)
 
@@ -42,7 +47,7 @@ def write_sha256(img: Path) -> str:
     if not img.is_file():
         raise BuildError(f"{img}: image not found; cannot write its checksum")
     digest = sha256_file(img)
-    with atomic_file(_sibling(img, ".sha256"), mode=0o644) as tmp:
+    with atomic_file(_sibling(img, ".sha256"), mode=_side_mode(img)) as tmp:
         tmp.write_text(f"{digest}  {img.name}\n")
     return digest
 
@@ -53,7 +58,7 @@ def write_bmap(img: Path) -> Path:
         raise BuildError(f"{img}: image not found; cannot write its block map")
     bmaptool = which("bmaptool", "bmap-tools")
     final = _sibling(img, ".bmap")
-    with atomic_file(final, mode=0o644) as tmp:
+    with atomic_file(final, mode=_side_mode(img)) as tmp:
         run([bmaptool, "--quiet", "create", "-o", tmp, img], what="bmaptool create")
     return final
 
@@ -102,11 +107,11 @@ def compress(img: Path, method: Compression | str, *, mode: int | None = None) -
     return final
 
 
-def write_manifest(path: Path, data: dict[str, Any]) -> None:
+def write_manifest(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
     """Write ``data`` as JSON (sorted keys, two-space indent, final newline)."""
     try:
         text = json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise BuildError(f"{path}: manifest data is not JSON: {exc}") from None
-    with atomic_file(path, mode=0o644) as tmp:
+    with atomic_file(path, mode=mode) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -11,6 +11,7 @@ cluster.yaml::
       domain: cluster.lan          # DNS domain of every node
       timezone: Etc/UTC
       mirror: null                 # Debian archive URL; default: the build host's apt sources
+      secrets_dir: null            # the secrets store; default: secrets/ beside profiles/
       admin:
         user: admin                # login account; no password, SSH keys only
         ssh_authorized_keys: []
@@ -40,6 +41,7 @@ from typing import Any
 
 from builder.errors import ConfigError
 from builder.inventory.bases import CATALOG, Base, BaseKind, Model
+from builder.inventory.facts import check_lanmain, check_lanmain_pair
 from builder.inventory.layers import Layer, load_layers
 from builder.inventory.schema import (
     Reader,
@@ -52,6 +54,7 @@ from builder.inventory.schema import (
     short,
     suggest,
 )
+from builder.inventory.vartypes import check_vars
 
 CLUSTER_FILE = "profiles/cluster.yaml"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -94,6 +97,7 @@ class Cluster:
     nodes: Mapping[str, Node]          # in file order
     vars: Mapping[str, Any]
     bases: Mapping[str, Base]          # the catalog plus the user's own
+    secrets_dir: str | None = None     # cluster.secrets_dir as written (relative to the project)
 
 
 @dataclass(frozen=True)
@@ -174,15 +178,19 @@ def load_inventory(root: Path) -> Inventory:
             f"profiles/{name}.yaml: host '{name}' is not in {CLUSTER_FILE} nodes "
             f"(known: {known_list(cluster.nodes)}); add it to nodes or remove the file"
         )
-    return Inventory(root=root, cluster=cluster, layers=MappingProxyType(layers),
-                     profiles=MappingProxyType(profiles))
+    inv = Inventory(root=root, cluster=cluster, layers=MappingProxyType(layers),
+                    profiles=MappingProxyType(profiles))
+    check_lanmain_pair(inv)
+    check_vars(inv)
+    check_lanmain(inv)
+    return inv
 
 
 def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     shown = CLUSTER_FILE
     top = Reader(load_yaml(root / shown, shown), shown, "",
                  ["cluster", "networks", "nodes", "vars", "bases"])
-    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin"])
+    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin", "secrets_dir"])
     name = hostname(c.text("name", hint="name the cluster, e.g. name: rpi-cluster"),
                     c.loc("name"))
     domain = c.text("domain", hint="set the DNS domain, e.g. domain: cluster.lan")
@@ -223,7 +231,8 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
         bases[str(bname)] = _user_base(top, str(bname), spec, root)
     return Cluster(name=name, domain=domain, timezone=timezone, mirror=mirror, admin=admin,
                    networks=MappingProxyType(networks), nodes=MappingProxyType(nodes),
-                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases))
+                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases),
+                   secrets_dir=c.opt_str("secrets_dir"))
 
 
 def _networks(top: Reader) -> dict[str, Network]:

@@ -17,16 +17,36 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from builder.errors import ConfigError
 from builder.inventory.schema import VAR_RE, Reader, known_list, load_yaml, short, suggest
+from builder.inventory.vartypes import load_types
 
 LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 SCRIPT_RE = re.compile(r"^[0-9]{2}-[A-Za-z0-9][A-Za-z0-9_.-]*\.sh$")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?$")
+SECRET_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class SecretKind(StrEnum):
+    """What a named secret is; the store generates and checks each kind."""
+
+    password = "password"      # 32 random URL-safe characters
+    tsig = "tsig"              # a BIND key statement, as tsig-keygen writes it
+    ssh_key = "ssh-key"        # an ed25519 key pair (secret(name, "public") for the .pub)
+    ssh_ca = "ssh-ca"          # only ssh_host_ca and ssh_user_ca: the holder gets the private key
+    x509_ca = "x509-ca"        # only tls_root_ca
+
+
+# The cluster's certificate authorities: every image carries their public
+# halves; a layer that declares one puts its private key into its hosts' images.
+CA_SECRETS = {"ssh_host_ca": SecretKind.ssh_ca, "ssh_user_ca": SecretKind.ssh_ca,
+              "tls_root_ca": SecretKind.x509_ca}
+
 KNOWN_PARTS = {
     "layer.yaml", "defaults.yaml", "packages", "files", "templates", "hooks.d",
     "firstboot.d", "README.md",
@@ -59,7 +79,9 @@ class Layer:
     hooks: tuple[Path, ...]
     firstboot: tuple[Path, ...]
     content_hash: str                       # every file of the layer
+    secrets: Mapping[str, SecretKind] = field(default_factory=lambda: MappingProxyType({}))
     build_hash: str = field(default="")     # the parts that shape the role rootfs
+    types: Mapping[str, str] = field(default_factory=dict)  # var -> vartypes name
 
     def packages_for(self, suite: str) -> tuple[str, ...]:
         return self.package_overrides.get(suite, self.packages)
@@ -108,12 +130,15 @@ def load_layer(path: Path, shown: str) -> Layer:
 
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
-                  f"{shown}/layer.yaml", "", ["description", "requires", "modes"])
+                  f"{shown}/layer.yaml", "",
+                  ["description", "requires", "modes", "secrets", "types"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     modes = _modes(meta)
+    secrets = _secrets(meta)
 
     defaults = _load_defaults(path, shown, name)
+    types = load_types(meta, defaults)
     packages = _load_packages(path / "packages", f"{shown}/packages") \
         if (path / "packages").exists() else ()
     overrides = {
@@ -129,12 +154,16 @@ def load_layer(path: Path, shown: str) -> Layer:
     content_hash = tree_hash(path)
     build_parts = [p for p in ("layer.yaml", "packages", "files", "hooks.d") if (path / p).exists()]
     build_parts += [p.name for p in sorted(path.glob("packages.*"))]
-    build_hash = tree_hash(path, only=build_parts)
+    # secrets: is read in the host stage only, so declaring one never rebuilds a role
+    build_hash = tree_hash(path, only=build_parts,
+                           text={"layer.yaml": _without_secrets(path / "layer.yaml")})
     return Layer(
         name=name, path=path, shown=shown, description=description, requires=requires,
         defaults=MappingProxyType(defaults), packages=packages,
         package_overrides=MappingProxyType(overrides), files=files, templates=templates,
         hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
+        secrets=MappingProxyType(secrets),
+        types=MappingProxyType(types),
     )
 
 
@@ -148,6 +177,28 @@ def _modes(meta: Reader) -> dict[str, int]:
             raise ConfigError(f"{loc}: {short(value)} is not an octal mode; quote it, "
                               "e.g. \"0640\"")
         result[str(dest)] = int(value, 8)
+    return result
+
+
+def _secrets(meta: Reader) -> dict[str, SecretKind]:
+    """``secrets: {lanmain_xfer: tsig}``: the secrets this layer's templates
+    read with ``secret(name)``; every host of the layer holds them."""
+    result = {}
+    kinds = [k.value for k in SecretKind]
+    for name, kind in meta.mapping("secrets").items():
+        loc = meta.loc(f"secrets.{name}")
+        if not isinstance(name, str) or not SECRET_NAME_RE.match(name):
+            raise ConfigError(f"{loc}: secret names are lower-case letters, digits and '_'")
+        if kind not in kinds:
+            raise ConfigError(f"{loc}: {short(kind)} is not a secret kind (known: "
+                              f"{known_list(kinds)}){suggest(str(kind), kinds)}")
+        want = CA_SECRETS.get(name)
+        if (want is not None and kind != want) or (
+                want is None and kind in (SecretKind.ssh_ca, SecretKind.x509_ca)):
+            cas = ", ".join(f"{n}: {k}" for n, k in CA_SECRETS.items())
+            raise ConfigError(f"{loc}: {kind!r} is only for the cluster's CAs ({cas}); "
+                              "use password, tsig or ssh-key")
+        result[name] = SecretKind(kind)
     return result
 
 
@@ -283,8 +334,31 @@ def _scripts(base: Path, shown: str) -> tuple[Path, ...]:
     return tuple(result)
 
 
-def tree_hash(root: Path, only: list[str] | None = None) -> str:
-    """sha256 over every path, mode and content below ``root`` (lexical order)."""
+def _without_secrets(file: Path) -> bytes | None:
+    """layer.yaml without its top-level ``secrets:`` block (and the indented or
+    blank lines under it); unchanged bytes when it has none."""
+    if not file.is_file():
+        return None
+    data = file.read_bytes()
+    lines = data.splitlines(keepends=True)
+    if not any(line.startswith(b"secrets:") for line in lines):
+        return data
+    kept, skipping = [], False
+    for line in lines:
+        if line.startswith(b"secrets:"):
+            skipping = True
+            continue
+        if skipping and (line[:1] in (b" ", b"\t") or not line.strip()):
+            continue
+        skipping = False
+        kept.append(line)
+    return b"".join(kept)
+
+
+def tree_hash(root: Path, only: list[str] | None = None,
+              text: Mapping[str, bytes | None] | None = None) -> str:
+    """sha256 over every path, mode and content below ``root`` (lexical order);
+    ``text`` gives other content for some top-level files."""
     h = hashlib.sha256()
     names = sorted(only) if only is not None else sorted(os.listdir(root))
     for top in names:
@@ -302,7 +376,8 @@ def tree_hash(root: Path, only: list[str] | None = None) -> str:
             if stat.S_ISLNK(st.st_mode):
                 h.update(b"L" + os.readlink(p).encode())
             elif stat.S_ISREG(st.st_mode):
-                h.update(b"F" + p.read_bytes())
+                other = (text or {}).get(rel)
+                h.update(b"F" + (p.read_bytes() if other is None else other))
             else:
                 h.update(b"D")
             h.update(b"\0")

@@ -6,8 +6,9 @@ node serves NFS and to whom. Templates read these as ``roles`` (see
 ``role_view``) instead of filtering ``nodes`` themselves, and every
 inconsistency stops the plan with one line naming the file, the key, the value
 and the fix, e.g.
-``profiles/cluster.yaml: vars.compute_floating_ip: '10.20.0.31' is the address
-of compute-01; pick a free address in 10.20.0.0/24``.
+``profiles/compute-02.yaml: vars.compute_tier: 'backend' leaves 1 frontends
+(compute-01); the floating IP needs exactly two, ...``. Single values (an
+address inside its network, a port) are typed vars, checked before these.
 """
 
 from __future__ import annotations
@@ -89,21 +90,6 @@ def _choice(inv: Inventory, host: str, key: str, known: Sequence[str]) -> str:
     return str(value)
 
 
-def dhcp_pool(inv: Inventory) -> tuple[str, ipaddress.IPv4Address, ipaddress.IPv4Address] | None:
-    """The lanmain pair's DHCP pool as (owning host, first, last), when one is set
-    in the "first,last" form; the lanmain layer itself checks the value's form."""
-    for host in _group(inv, "lanmain"):
-        raw = _var(inv, host, "lanmain_dhcp_range")
-        if not isinstance(raw, str) or raw.count(",") != 1:
-            continue
-        try:
-            first, last = (ipaddress.IPv4Address(p.strip()) for p in raw.split(","))
-        except ValueError:
-            continue
-        return host, first, last
-    return None
-
-
 def compute_facts(inv: Inventory) -> ComputeFacts:
     hosts = _group(inv, "compute")
     frontends: list[str] = []
@@ -156,12 +142,9 @@ def _floating_ip(inv: Inventory, hosts: list[str],
                         "is empty but the compute tier has frontends; set the floating IP "
                         "keepalived moves between them")
         return None
-    origin = hosts[0]
-    try:
-        ip = ipaddress.IPv4Address(value)
-    except (ValueError, TypeError):
-        raise _fail(inv, origin, key, value, "is not an IPv4 address; write it like 10.20.0.30"
-                    ) from None
+    # The address itself (inside the network, not the gateway, a node or the DHCP
+    # pool) is checked as an ipv4_floating var when the inventory is loaded.
+    ip = ipaddress.IPv4Address(value)
     if len(frontends) != 2:
         host = frontends[0] if frontends else hosts[0]
         raise _fail(inv, host, "compute_tier", _var(inv, host, "compute_tier"),
@@ -174,21 +157,6 @@ def _floating_ip(inv: Inventory, hosts: list[str],
         raise _fail(inv, frontends[1], "compute_tier", "frontend",
                     f"puts {frontends[1]} ({other_net.name}) and {frontends[0]} ({net.name}) "
                     "on different networks; VRRP needs both frontends on one network")
-    if ip not in net.cidr or ip in (net.cidr.network_address, net.cidr.broadcast_address):
-        raise _fail(inv, origin, key, value, f"is outside network {net.name} ({net.cidr}) of "
-                    "the frontends; pick a free address inside it")
-    if ip == net.gateway:
-        raise _fail(inv, origin, key, value, f"is the gateway of {net.name}; pick a free "
-                    f"address in {net.cidr}")
-    for node in inv.cluster.nodes.values():
-        if node.ip == ip:
-            raise _fail(inv, origin, key, value, f"is the address of {node.name}; pick a free "
-                        f"address in {net.cidr}")
-    pool = dhcp_pool(inv)
-    if pool is not None and pool[1] <= ip <= pool[2]:
-        raise _fail(inv, origin, key, value, f"is inside the DHCP pool {pool[1]}-{pool[2]} "
-                    f"({inv.var_origin(pool[0], 'lanmain_dhcp_range')}); pick an address "
-                    "outside the pool")
     return ip
 
 

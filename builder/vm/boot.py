@@ -313,6 +313,7 @@ class NodeBoot:
     host: str
     image: Path
     mac: str | None = None
+    lan: LanSpec | None = None  # the node's own LAN (one per inventory network); else the group's
 
 
 def _vm_spec(node: NodeBoot, workdir: Path, disk: Path, tmp: Path, *, machine: Machine,
@@ -357,6 +358,7 @@ def boot_image(
     overlay: Path | None = None,
     extra_cmdline: tuple[str, ...] = (),
     ssh_user: str | None = None,
+    known_hosts: Path | None = None,
     smp: int = 2,
     memory_mib: int = 512,
 ) -> BootResult:
@@ -395,10 +397,9 @@ def boot_image(
                 vm.keep = True
                 result.pid = vm.pid
                 user = f"{ssh_user}@" if ssh_user else ""
-                result.ssh_command = (
-                    f"ssh -p {port} -o StrictHostKeyChecking=no "
-                    f"-o UserKnownHostsFile=/dev/null {user}127.0.0.1"
-                )
+                checks = host_key_options(host, known_hosts) if known_hosts else []
+                result.ssh_command = " ".join(["ssh", "-p", str(port), *checks,
+                                               f"{user}127.0.0.1"])
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -424,7 +425,7 @@ class GroupVm:
 
 
 @contextmanager
-def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec, timeout: float = 900,
+def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec | None = None, timeout: float = 900,
                smp: int = 1, memory_mib: int = 512) -> Iterator[dict[str, GroupVm]]:
     """Boot several images together on one virtual LAN, each on a throwaway
     overlay, and wait with one deadline until every first boot is done.
@@ -441,7 +442,8 @@ def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec, timeout: float = 900,
             tmp = short_tmpdir()
             stack.callback(shutil.rmtree, tmp, True)
             spec = _vm_spec(node, workdir, workdir / "overlay.qcow2", tmp,
-                            machine=Machine.virt, ssh_port=None, lan=lan, extra_cmdline=(),
+                            machine=Machine.virt, ssh_port=None, lan=node.lan or lan,
+                            extra_cmdline=(),
                             smp=smp, memory_mib=memory_mib)
             vms[node.host] = stack.enter_context(Vm(spec, powerdown_timeout=0))
         deadline = time.monotonic() + timeout
@@ -513,11 +515,21 @@ def watch_console(vm: Vm, host: str, timeout: float) -> tuple[float, list[str]]:
     )
 
 
-def ssh_argv(port: int, user: str, key: Path, command: str) -> list[str]:
-    """An ssh command line to a booted VM (for tests and ``--keep``)."""
+def host_key_options(host: str, known_hosts: Path) -> list[str]:
+    """Strict host key checking against the cluster's host CA: the forwarded
+    port is checked as HOST (its certificate's principal), with only the store's
+    ``@cert-authority`` line as known hosts."""
     return [
-        "ssh", "-p", str(port), "-i", str(key),
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", f"HostKeyAlias={host}", "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+    ]  # fmt: skip
+
+
+def ssh_argv(port: int, user: str, key: Path, command: str, *, host: str,
+             known_hosts: Path) -> list[str]:
+    """An ssh command line to a booted VM (for tests), verifying its host key."""
+    return [
+        "ssh", "-p", str(port), "-i", str(key), *host_key_options(host, known_hosts),
         "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
         f"{user}@127.0.0.1", command,
     ]  # fmt: skip

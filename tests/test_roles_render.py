@@ -32,7 +32,9 @@ def test_frontend_keepalived_from_the_inventory() -> None:
     assert body(vrrp) == [
         "vrrp_instance compute_vip {", "    state BACKUP", "    nopreempt",
         "    interface eth0", "    virtual_router_id 51", "    priority 150",
-        "    advert_int 1", "    unicast_src_ip 10.20.0.31", "    unicast_peer {",
+        "    advert_int 1", "    authentication {", "        auth_type PASS",
+        "        auth_pass stand-in", "    }", "    unicast_src_ip 10.20.0.31",
+        "    unicast_peer {",
         "        10.20.0.32", "    }", "    virtual_ipaddress {",
         "        10.20.0.30/24 dev eth0", "    }", "    track_script {",
         "        chk_haproxy", "    }", "}",
@@ -41,6 +43,10 @@ def test_frontend_keepalived_from_the_inventory() -> None:
     assert "    weight -60\n" in conf
     assert "priority 100" in files("compute-02")["/etc/keepalived/keepalived.conf"]
     assert "vrrp_instance" not in files("compute-03")["/etc/keepalived/keepalived.conf"]
+    inv = load_inventory(REPO)
+    conf = next(r for r in render_host(inv, "compute-02")
+                if r.dest == "/etc/keepalived/keepalived.conf")
+    assert (conf.mode, conf.secrets) == (0o600, ("compute_vrrp",))
 
 
 def test_haproxy_balances_to_the_backends_with_local_backup() -> None:

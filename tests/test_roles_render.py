@@ -117,6 +117,20 @@ def test_lanmisc_exports_to_compute_nodes_only() -> None:
     assert '--destination "$root/var/www/lanmisc/site"' in step
 
 
+def test_redis_on_the_lan_with_its_password_root_only() -> None:
+    inv = load_inventory(REPO)
+    out = {r.dest: r for r in render_host(inv, "lanmisc-01")}
+    conf = out["/etc/redis/redis.conf"]
+    assert "bind 127.0.0.1 10.20.0.21\n" in conf.data.decode()
+    assert "include /run/credentials/redis-server.service/auth.conf" in conf.data.decode()
+    assert conf.secrets == ()
+    auth = out["/etc/redis/pibake-auth.conf"]
+    assert (auth.mode, auth.secrets) == (0o600, ("lanmisc_redis",))
+    assert body(auth.data.decode()) == ["requirepass stand-in-lanmisc_redis"]
+    drop_in = out["/etc/systemd/system/redis-server.service.d/10-pibake.conf"].data.decode()
+    assert "LoadCredential=auth.conf:/etc/redis/pibake-auth.conf" in drop_in
+
+
 def test_chrony_client_of_the_lanmain_pair() -> None:
     assert body(files("compute-01")["/etc/chrony/chrony.conf"])[:2] == [
         "server 10.20.0.11 iburst", "server 10.20.0.12 iburst"]

@@ -31,7 +31,6 @@ from builder.content.checkers import check_rendered
 from builder.content.hostlayer import RoleFacts, disk_id
 from builder.content.identity import host_identity
 from builder.content.render import render_host
-from builder.content.rolecheck import check_role_configs
 from builder.errors import BuildError, NoSpaceError
 from builder.image.assemble import (
     assemble_disk,
@@ -351,9 +350,7 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
     profile = inv.profile(host)
     pin_source_date_epoch(inv.root)  # every timestamp in the image; see reproducible.py
     # templates are rendered and each daemon config checked before any slow work
-    rendered = render_host(inv, host)
-    check_rendered(host, rendered)
-    check_role_configs(host, rendered)
+    check_rendered(host, render_host(inv, host))
     base = base_artifact(inv, host)
     role, cached = role_artifact(inv, host, base)
     if cached:

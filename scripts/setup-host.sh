@@ -9,8 +9,7 @@ PACKAGES="
   mmdebstrap debian-archive-keyring ca-certificates
   bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client openssl
   kea-dhcp4-server kea-ctrl-agent isc-dhcp-server isc-dhcp-client bind9 bind9-utils
-  bind9-dnsutils chrony iproute2
-  haproxy nginx-light keepalived
+  bind9-dnsutils chrony iproute2 haproxy nginx-light keepalived
 "
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -69,13 +69,24 @@ def test_frontend_units_only_start_on_the_frontends() -> None:
 
 
 def test_swarm_facts_for_first_boot() -> None:
-    one = json.loads(files("compute-01")["/etc/pibake/swarm.json"])
-    four = json.loads(files("compute-04")["/etc/pibake/swarm.json"])
-    assert (one["role"], one["bootstrap"], one["advertise_addr"]) == ("manager", True,
-                                                                      "10.20.0.31")
-    assert (four["role"], four["bootstrap"], four["bootstrap_node"]) == ("worker", False,
-                                                                         "compute-01")
-    assert four["managers"] == ["10.20.0.31", "10.20.0.32", "10.20.0.33"]
+    def env(host: str) -> list[str]:
+        return body(files(host)["/etc/pibake/swarm.env"])
+
+    assert env("compute-01") == [
+        "PIBAKE_SWARM_ROLE=manager", 'PIBAKE_SWARM_MANAGERS="compute-01 compute-02 compute-03"',
+        "PIBAKE_SWARM_BOOTSTRAP=compute-01", "PIBAKE_SWARM_ADDR=10.20.0.31",
+        "PIBAKE_SWARM_NODES=4", "PIBAKE_SWARM_KEY=/etc/pibake/swarm/gate_key"]
+    assert env("compute-04")[0] == "PIBAKE_SWARM_ROLE=worker"
+    # only managers let the swarm key in, and only to the gate
+    three, four = files("compute-03"), files("compute-04")
+    assert 'restrict,command="/usr/local/sbin/pibake-swarm-gate" ssh-ed25519 ' in \
+        three["/etc/pibake/swarm/authorized_keys"]
+    assert "/etc/pibake/swarm/authorized_keys" not in four
+    assert "AllowUsers admin pibake-swarm" in three["/etc/ssh/sshd_config.d/10-pibake.conf"]
+    assert "AllowUsers admin\n" in four["/etc/ssh/sshd_config.d/10-pibake.conf"]
+    assert "ForceCommand /usr/local/sbin/pibake-swarm-gate" in \
+        three["/etc/ssh/sshd_config.d/20-pibake-swarm.conf"]
+    assert four["/etc/pibake/swarm/gate_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     daemon = json.loads(files("compute-03")["/etc/docker/daemon.json"])
     assert daemon["live-restore"] is False  # swarm mode refuses it
     assert "pibake.swarm-role=manager" in daemon["labels"]
@@ -134,10 +145,8 @@ def test_redis_on_the_lan_with_its_password_root_only() -> None:
 def test_chrony_client_of_the_lanmain_pair() -> None:
     assert body(files("compute-01")["/etc/chrony/chrony.conf"])[:2] == [
         "server 10.20.0.11 iburst", "server 10.20.0.12 iburst"]
-    # on the pair itself the lanmain layer's config is the only one
-    inv = load_inventory(REPO)
-    assert [r.layer for r in render_host(inv, "lanmain-01")
-            if r.dest == "/etc/chrony/chrony.conf"] == ["lanmain"]
+    # on the pair itself the lanmain layer's config replaces the base one: upstream + peer
+    assert "peer 10.20.0.12 iburst" in body(files("lanmain-01")["/etc/chrony/chrony.conf"])
 
 
 def test_deployer_inventory_ssh_and_tools_from_the_inventory() -> None:
@@ -265,11 +274,11 @@ def test_a_pass_is_remembered_by_the_files_hash(tmp_path: Path,
         return real(tree, require)
 
     monkeypatch.setattr(rolecheck, "check_tree", counting)
-    rolecheck.check_role_configs("compute-01", rendered)
-    rolecheck.check_role_configs("compute-01", rendered)
+    rolecheck.check_rendered("compute-01", rendered)
+    rolecheck.check_rendered("compute-01", rendered)
     assert len(calls) == 1
     changed = [r if r.dest != "/etc/haproxy/haproxy.cfg" else
                type(r)(r.dest, r.data + b"# changed\n", r.mode, r.layer, r.source)
                for r in rendered]
-    rolecheck.check_role_configs("compute-01", changed)
+    rolecheck.check_rendered("compute-01", changed)
     assert len(calls) == 2

@@ -99,8 +99,9 @@ def checks_for(rendered: Sequence[Rendered]) -> list[tuple[Checker, str]]:
     """(checker, file) pairs to run; named-checkconf once for all of named.conf*."""
     result: list[tuple[Checker, str]] = []
     seen: set[str] = set()
+    final = list({r.dest: r for r in rendered}.values())  # a later layer's file replaces
     for c in CHECKERS:
-        for r in rendered:
+        for r in final:
             once = c.tool == "named-checkconf" and c.name in seen
             if re.fullmatch(c.dest, r.dest) and not once:
                 result.append((c, r.dest))
@@ -125,7 +126,7 @@ def _tools(needed: Sequence[Checker]) -> dict[str, str]:
     return found
 
 
-def _stage(root: Path, rendered: Sequence[Rendered]) -> None:
+def stage(root: Path, rendered: Sequence[Rendered]) -> None:
     if any(r.dest.startswith("/etc/bind/") for r in rendered) and Path("/etc/bind").is_dir():
         # The package's own named.conf and default zones, which ours include into.
         shutil.copytree("/etc/bind", root / "etc/bind", dirs_exist_ok=True)
@@ -140,14 +141,21 @@ def _stage(root: Path, rendered: Sequence[Rendered]) -> None:
 
 
 def check_rendered(host: str, rendered: Sequence[Rendered]) -> int:
-    """Run every applicable checker; return how many ran. ConfigError on the first failure."""
+    """Run every applicable checker (these, then the role layers' in rolecheck);
+    return how many configs were checked. ConfigError on the first failure."""
+    from builder.content.rolecheck import check_rendered as check_role_configs
+
+    return _check_lan_configs(host, rendered) + check_role_configs(host, tuple(rendered))
+
+
+def _check_lan_configs(host: str, rendered: Sequence[Rendered]) -> int:
     todo = checks_for(rendered)
     if not todo:
         return 0
     tools = _tools([c for c, _ in todo])
     with tempfile.TemporaryDirectory(prefix="pibake-check-") as tmp:
         root = Path(tmp)
-        _stage(root, rendered)
+        stage(root, rendered)
         for checker, dest in todo:
             try:
                 commands = checker.argv(tools[checker.tool], root, dest)

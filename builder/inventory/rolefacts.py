@@ -6,9 +6,8 @@ node serves NFS and to whom. Templates read these as ``roles`` (see
 ``role_view``) instead of filtering ``nodes`` themselves, and every
 inconsistency stops the plan with one line naming the file, the key, the value
 and the fix, e.g.
-``profiles/compute-02.yaml: vars.compute_tier: 'backend' leaves 1 frontends
-(compute-01); the floating IP needs exactly two, ...``. Single values (an
-address inside its network, a port) are typed vars, checked before these.
+``profiles/cluster.yaml: vars.compute_floating_ip: '10.20.0.31' is the address
+of compute-01; pick a free address in 10.20.0.0/24``.
 """
 
 from __future__ import annotations
@@ -90,6 +89,21 @@ def _choice(inv: Inventory, host: str, key: str, known: Sequence[str]) -> str:
     return str(value)
 
 
+def dhcp_pool(inv: Inventory) -> tuple[str, ipaddress.IPv4Address, ipaddress.IPv4Address] | None:
+    """The lanmain pair's DHCP pool as (owning host, first, last), when one is set
+    in the "first,last" form; the lanmain layer itself checks the value's form."""
+    for host in _group(inv, "lanmain"):
+        raw = _var(inv, host, "lanmain_dhcp_range")
+        if not isinstance(raw, str) or raw.count(",") != 1:
+            continue
+        try:
+            first, last = (ipaddress.IPv4Address(p.strip()) for p in raw.split(","))
+        except ValueError:
+            continue
+        return host, first, last
+    return None
+
+
 def compute_facts(inv: Inventory) -> ComputeFacts:
     hosts = _group(inv, "compute")
     frontends: list[str] = []
@@ -142,8 +156,8 @@ def _floating_ip(inv: Inventory, hosts: list[str],
                         "is empty but the compute tier has frontends; set the floating IP "
                         "keepalived moves between them")
         return None
-    # The address itself (inside the network, not the gateway, a node or the DHCP
-    # pool) is checked as an ipv4_floating var when the inventory is loaded.
+    # its form, network, and that no node, gateway or DHCP pool holds it: the
+    # ipv4_floating type in layers/compute/layer.yaml has checked that already
     ip = ipaddress.IPv4Address(value)
     if len(frontends) != 2:
         host = frontends[0] if frontends else hosts[0]

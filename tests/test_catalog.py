@@ -56,14 +56,16 @@ def test_catalog_lists_each_built_host(mini: Path) -> None:
     assert second["image_download_size"] == second["extract_size"] == len(img2)
 
 
-def test_catalog_leaves_out_images_with_secrets_and_unbuilt_hosts(
+def test_catalog_warns_about_images_with_secrets_and_skips_unbuilt_hosts(
         mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = mini / "output"
     out.mkdir()
     fake_build(out, "node-01", xz=False, secrets=["ssh_host_ed25519_key"])
     data = json.loads(write_catalog(load_inventory(mini), out).read_text())
-    assert data == {"os_list": []}
-    assert "os_list.json: node-01 left out: its image carries secrets" in capsys.readouterr().err
+    assert [e["name"] for e in data["os_list"]] == ["node-01 (mini)"]  # node-02 is not built
+    assert capsys.readouterr().err == (
+        "pibake: os_list.json: the images of node-01 carry their node's secrets; serve output/ "
+        f"to this machine only: python3 -m http.server --bind 127.0.0.1 -d {out}\n")
 
 
 GOOD: dict[str, Any] = {

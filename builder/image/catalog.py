@@ -59,10 +59,6 @@ def entry_for(inv: Inventory, host: str, out_dir: Path) -> dict[str, Any] | None
     if not image.is_file() or not manifest_path.is_file():
         return None
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("secrets"):
-        # Serving it would hand the node's keys to anyone on the network.
-        log.notice(f"{CATALOG}: {host} left out: its image carries secrets")
-        return None
     download = next(p for p in (out_dir / f"{host}{s}" for s in _DOWNLOADS) if p.is_file())
     base = manifest.get("base", {})
     layers = "+".join(layer["name"] for layer in manifest.get("layers", []))
@@ -112,10 +108,18 @@ def validate_os_list(data: Any, shown: str = CATALOG) -> None:
 def write_catalog(inv: Inventory, out_dir: Path, hosts: Sequence[str] | None = None) -> Path:
     """Write ``out_dir/os_list.json`` listing every host of the inventory with an image."""
     entries = []
+    private = []
     for host in hosts if hosts is not None else list(inv.profiles):
         entry = entry_for(inv, host, out_dir)
         if entry is not None:
             entries.append(entry)
+            if json.loads((out_dir / f"{host}.manifest.json").read_text()).get("secrets"):
+                private.append(host)
+    if private:
+        # Whoever can download an image has that node's keys.
+        log.notice(f"{CATALOG}: the images of {', '.join(private)} carry their node's secrets; "
+                   "serve output/ to this machine only: python3 -m http.server --bind "
+                   f"127.0.0.1 -d {out_dir}")
     data = {"os_list": entries}
     validate_os_list(data, str(out_dir / CATALOG))
     final = out_dir / CATALOG

@@ -78,7 +78,7 @@ def pin_source_date_epoch(root: Path) -> int:
 def drop_unreproducible(tree: Path) -> None:
     for rel in UNREPRODUCIBLE:
         path = tree / rel
-        if path.is_file() or path.is_symlink():
+        if path.is_file() and not path.is_symlink():  # a link (to /etc/machine-id) is stable
             path.unlink()
     for rel in UNREPRODUCIBLE_DIRS:
         folder = tree / rel

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 export LIBGUESTFS_BACKEND ?= direct
 
-.PHONY: setup venv image all-images check render boot cluster-test test test-fast test-integration lint bench clean
+.PHONY: setup venv image all-images check render boot flash cluster-test test test-fast test-integration test-netns lint bench clean
 
 setup:
 	./scripts/setup-host.sh
@@ -36,6 +36,10 @@ boot: venv
 	@test -n "$(PROFILE)" || { echo "make boot: set PROFILE=<host>" >&2; exit 2; }
 	$(PIBAKE) boot $(PROFILE)
 
+flash: venv
+	@test -n "$(PROFILE)" -a -n "$(DEVICE)" || { echo "make flash: set PROFILE=<host> DEVICE=/dev/sdX" >&2; exit 2; }
+	$(PIBAKE) flash $(PROFILE) $(DEVICE)
+
 cluster-test: venv
 	@test -n "$(SCENARIO)" || { echo "make cluster-test: set SCENARIO=<layer>|full, e.g. make cluster-test SCENARIO=compute" >&2; exit 2; }
 	$(PIBAKE) cluster-test $(SCENARIO) $(CLUSTER_TEST_ARGS)
@@ -45,7 +49,12 @@ test: venv
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not integration and not boot" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not boot and not netns" $(PYTEST_ARGS)
+
+# The lanmain pair's rendered configs run by this machine's Kea and BIND in
+# network namespaces (root; ~1 min).
+test-netns: venv
+	$(PY) -m pytest -m netns $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check builder tests

@@ -6,6 +6,10 @@ Downloaded .deb files are kept in a shared apt cache so the archive's speed
 does not drown the measurement; pass --no-deb-cache to drop that too. Warm:
 the role is cached and one host variable changed, so only the host stage runs.
 
+Then the same host is built once more with the same inputs, and the bench
+says whether the bytes came out identical, and the image is flashed to a file
+(bmaptool and the Python writer, each with its read-back).
+
 Boot (skip with --no-boot): seconds from QEMU start to the first-boot runner's
 `done` and QEMU's peak resident memory, for a minimal arm64 image (the bench
 host), a compute-style arm64 image (base + compute layers: Docker and all) and
@@ -97,6 +101,22 @@ def boot_part(project: Path, out: Path, cache: str | None) -> list[str]:
     ]
 
 
+def flash_part(image: Path, target: Path) -> list[str]:
+    """pibake flash's write + read-back to a file on this disk, both writers:
+    an upper bound for a card, whose own write speed is the limit there."""
+    from builder.image import flash
+
+    rows = []
+    for use_bmaptool in (True, False):
+        target.unlink(missing_ok=True)
+        plan = flash.plan_flash(image, "bench-01", target, allow_file=True)
+        res = flash.write_plan(plan, use_bmaptool=use_bmaptool, out=lambda s: None)
+        rows.append(f"bench: flash to a file ({res.tool}): {res.data_bytes / 2**20:.0f} MiB "
+                    f"written and read back in {res.seconds:.1f} s "
+                    f"({res.data_bytes / 2**20 / res.seconds:.0f} MiB/s)")
+    return rows
+
+
 def timed_build(project: Path, host: str, out: Path) -> float:
     from builder.inventory.config import load_inventory
     from builder.pipeline import build_image
@@ -133,6 +153,10 @@ def main() -> int:
         warm = timed_build(project, "bench-01", out)
         size = (out / "bench-01.img").stat().st_size
         blocks = (out / "bench-01.img").stat().st_blocks * 512
+        first = (out / "bench-01.img.sha256").read_text().split()[0]
+        timed_build(project, "bench-01", out)  # same inputs again: must be the same bytes
+        rebuilt = (out / "bench-01.img.sha256").read_text().split()[0]
+        flash_rows = flash_part(out / "bench-01.img", work / "card")
         if not args.no_boot:
             boot_rows = boot_part(project, out, user_cache)
     print(f"bench: host bench-01 ({args.model}), image {size / 2**20:.0f} MiB "
@@ -142,6 +166,11 @@ def main() -> int:
           f"{cold:7.1f} s")
     print(f"bench: warm build (role cached, one host var changed): {warm:7.1f} s")
     print(f"bench: cold/warm ratio: {cold / warm:.1f}x")
+    print(f"bench: rebuild with the same inputs identical: "
+          f"{'yes' if rebuilt == first else 'NO'} (sha256 {first[:16]}…"
+          f"{'' if rebuilt == first else f' then {rebuilt[:16]}…'})")
+    for row in flash_rows:
+        print(row)
     for row in boot_rows:
         print(row)
     return 0

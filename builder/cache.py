@@ -92,8 +92,8 @@ def clean_stale(root: Path) -> None:
         name = entry.name
         if not name.startswith(".") or (".tmp-" not in name and ".old-" not in name):
             continue
-        # ".x.tmp-PID" (atomic writes) or ".role.tmp-PID-random" (tempfile)
-        pid = re.split(r"\.(?:tmp|old)-", name, maxsplit=1)[1].split("-", 1)[0]
+        # ".x.tmp-PID" or, from tempfile, ".x.tmp-PID-RANDOM": the PID follows the marker
+        pid = re.split(r"\.(?:tmp|old)-", name, maxsplit=1)[-1].split("-", 1)[0]
         if pid.isdigit() and Path(f"/proc/{pid}").exists():
             continue
         if entry.is_dir() and not entry.is_symlink():

@@ -45,14 +45,17 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Validate every profile, layer and template without touching an image."""
+    from builder.content.checkers import check_rendered
     from builder.content.render import render_host
 
     inv = _inventory(ctx)
-    count = 0
+    count = checked = 0
     for host in inv.profiles:
-        count += len(render_host(inv, host))
+        rendered = render_host(inv, host)
+        count += len(rendered)
+        checked += check_rendered(host, rendered)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
-               f"{count} templates rendered")
+               f"{count} templates rendered, {checked} configs passed their daemon's checker")
 
 
 @cli.command()
@@ -76,12 +79,14 @@ def render(ctx: click.Context, host: str, dest: Path) -> None:
               default=None, help="Output folder (default: <project>/output).")
 @click.option("--compress", "compression", type=click.Choice(["none", "zstd", "xz"]),
               default="none", show_default=True, help="Also write a compressed copy.")
+@click.option("--catalog/--no-catalog", default=None,
+              help="Write output/os_list.json for Raspberry Pi Imager (default: with 2+ hosts).")
 @click.option("--strict", is_flag=True,
               help="Fail instead of building without a -security/-updates suite whose index "
                    "the archive serves broken (for CI and release builds).")
 @click.pass_context
 def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: Path | None,
-          compression: str, strict: bool) -> None:
+          compression: str, catalog: bool | None, strict: bool) -> None:
     """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
     from builder.errors import ConfigError
     from builder.image.outputs import Compression
@@ -105,6 +110,10 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
                    f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
         if result.skipped_suites:
             skipped[host] = result.skipped_suites
+    if catalog or (catalog is None and len(hosts) > 1):
+        from builder.image.catalog import write_catalog
+
+        click.echo(f"{write_catalog(inv, out)}  (Raspberry Pi Imager: rpi-imager --repo URL)")
     if skipped:
         log.notice("warning: built without " + "; ".join(
             f"{h} ({', '.join(s)})" for h, s in skipped.items()) + ": the archive's index was "
@@ -187,9 +196,8 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
 @cli.command("cluster-test")
 @click.argument("scenario")
 @click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path.home() / ".ssh" / "id_ed25519", show_default=True,
-              help="Private key of the cluster's admin account (its public half is in "
-                   "cluster.yaml).")
+              default=None, help="Private key of the cluster's admin account (default: a "
+                                 "throwaway key certified by the cluster's user CA).")
 @click.option("--rebuild", "rebuild", multiple=True,
               help="Node to stop and boot again from a fresh overlay (repeatable; default: "
                    "the scenario's last node).")
@@ -197,7 +205,7 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
 @click.option("--timeout", type=float, default=900, show_default=True,
               help="Seconds each phase may take to pass every check.")
 @click.pass_context
-def cluster_test(ctx: click.Context, scenario: str, identity: Path, rebuild: tuple[str, ...],
+def cluster_test(ctx: click.Context, scenario: str, identity: Path | None, rebuild: tuple[str, ...],
                  no_rebuild: bool, timeout: float) -> None:
     """Boot SCENARIO's nodes together under QEMU (a layer's nodes, or full) and
     check from inside each VM that it joined its peers; then rebuild a node and
@@ -272,6 +280,47 @@ def ssh_config(ctx: click.Context) -> None:
         click.echo(f"Host {node.name} {node.name}.{inv.cluster.domain}\n"
                    f"    HostName {node.ip}\n    User {inv.cluster.admin.user}\n"
                    f"    HostKeyAlias {node.name}\n    StrictHostKeyChecking yes\n")
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("device", type=click.Path(path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for the host name to be typed back.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding HOST.img (default: <project>/output).")
+@click.option("--max-size", default="256G", show_default=True,
+              help="Refuse a device larger than this (an SD card is smaller).")
+@click.option("--allow-fixed", is_flag=True,
+              help="Allow a disk that is neither removable nor hot-plugged.")
+@click.option("--stale-ok", is_flag=True,
+              help="Flash an image built before its inventory or layers changed.")
+@click.option("--allow-file", is_flag=True, help="DEVICE may be a plain file (for tests).")
+@click.pass_context
+def flash(ctx: click.Context, host: str, device: Path, yes: bool, output: Path | None,
+          max_size: str, allow_fixed: bool, stale_ok: bool, allow_file: bool) -> None:
+    """Write output/HOST.img to DEVICE (an SD card), read it back and compare."""
+    from builder.errors import FlashError
+    from builder.image import flash as flashing
+
+    plan = flashing.plan_for_host(
+        _inventory(ctx), host, device, output or _project(ctx) / "output", stale_ok=stale_ok,
+        allow_file=allow_file, max_size=flashing.parse_size(max_size), allow_fixed=allow_fixed)
+    if not yes:
+        for line in plan.describe():
+            click.echo(line, err=True)
+        try:
+            typed = click.prompt(f"type the host name ({host}) to write it", default="",
+                                 show_default=False, err=True)
+        except click.exceptions.Abort:
+            click.echo(err=True)  # end the prompt's line
+            raise FlashError(f"{device}: no host name typed; nothing was written (--yes skips "
+                             "the question)") from None
+        if typed.strip() != host:
+            raise FlashError(f"{device}: typed {typed.strip()!r}, not {host!r}; nothing was "
+                             "written")
+    result = flashing.write_plan(plan)
+    click.echo(f"{result.device}: {result.host} written and verified, sha256 {result.sha256}, "
+               f"{result.data_bytes / 2**20:.0f} MiB in {result.seconds:.1f}s ({result.tool})")
 
 
 @cli.command()

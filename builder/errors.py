@@ -50,3 +50,9 @@ class SecretsError(PibakeError):
     """The secrets store is missing, unsafe or holds a file that is not what it should be."""
 
     exit_code = 7
+
+
+class FlashError(PibakeError):
+    """Writing an image to a card was refused (unsafe device, stale image) or failed."""
+
+    exit_code = 8

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, cache, log
+from builder.content.checkers import check_rendered
 from builder.content.hostlayer import RoleFacts, disk_id
 from builder.content.identity import host_identity
 from builder.content.render import render_host
@@ -38,7 +39,14 @@ from builder.image.assemble import (
     make_vfat,
     partuuid,
 )
+from builder.image.inputs import image_inputs
 from builder.image.outputs import Compression, compress, image_mode, write_checksums, write_manifest
+from builder.image.reproducible import (
+    normalize_tree,
+    pin_inode_ctimes,
+    pin_source_date_epoch,
+    source_date_epoch,
+)
 from builder.inventory.bases import Base, BaseKind
 from builder.inventory.config import Inventory
 from builder.inventory.layers import Layer
@@ -288,9 +296,13 @@ def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> 
             boot_tree.mkdir()
         boot_src.mkdir(mode=0o755, parents=True, exist_ok=True)
         with log.step("partition images"), cache.atomic_dir(folder) as tmp:
+            epoch = source_date_epoch(inv.root)
+            normalize_tree(tree, epoch)
+            normalize_tree(boot_tree, epoch)
             fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pibake-role:{folder.name}"))
             make_ext4(tree, tmp / "root.ext4", size=ext4_size_for(tree), label="rootfs",
                       uuid=fs_uuid, compat=profile.base.fs_compat)
+            pin_inode_ctimes(tmp / "root.ext4", epoch)
             make_vfat(boot_tree, tmp / "boot.vfat", label="bootfs",
                       volume_id=folder.name[:8])
             meta = {**facts, "packages": packages, "layers": list(profile.layers),
@@ -354,7 +366,9 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
                 compression: Compression = Compression.none, strict: bool = False) -> BuildResult:
     start = time.monotonic()
     profile = inv.profile(host)
-    render_host(inv, host)  # templates are verified before any slow work
+    pin_source_date_epoch(inv.root)  # every timestamp in the image; see reproducible.py
+    # templates are rendered and each daemon config checked before any slow work
+    check_rendered(host, render_host(inv, host))
     base = base_artifact(inv, host)
     if strict and base.skipped:
         raise BuildError(f"{host}: its base {base.name} ({base.arch}) was built without "
@@ -406,6 +420,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
             "tool": {"name": "pibake", "version": __version__},
             "git_revision": git_revision(inv.root),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_date_epoch": source_date_epoch(inv.root),
             "base": {"name": base.name, "kind": str(profile.base.kind), "suite": base.suite,
                      "arch": base.arch, "sha256": base.source_sha256, "cache_key": base.key,
                      "suites": list(base.suites), "skipped_suites": list(base.skipped)},
@@ -418,6 +433,7 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
                       "disk_id": f"0x{disk:08x}",
                       "partuuids": {"boot": partuuid(disk, 1), "root": partuuid(disk, 2)}},
             "secrets": secrets,
+            "inputs": image_inputs(inv, host),
         }
         write_manifest(stage / f"{host}.manifest.json", manifest, mode=mode)
         _publish(stage, out_dir, host)

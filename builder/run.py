@@ -33,8 +33,10 @@ def run(
     input: bytes | None = None,
     capture: bool = False,
     what: str | None = None,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command; raise BuildError with its last stderr lines if it fails.
+    """Run a command; raise BuildError with its last stderr lines if it fails
+    (with ``check=False`` the caller reads the exit status and output instead).
 
     Output is captured (and returned) when ``capture``; otherwise stderr is
     captured for the error message and stdout is discarded.
@@ -63,7 +65,7 @@ def run(
         raise
     finally:
         _children.discard(proc)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and check:
         tail = " | ".join(_telling_lines(err.decode(errors="replace")))
         label = what or Path(args[0]).name
         if "No space left on device" in tail:

@@ -8,6 +8,8 @@ PACKAGES="
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-utils ipxe-qemu seabios
   mmdebstrap debian-archive-keyring ca-certificates
   bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client openssl
+  kea-dhcp4-server kea-ctrl-agent isc-dhcp-server isc-dhcp-client bind9 bind9-utils
+  bind9-dnsutils chrony iproute2 haproxy nginx-light keepalived
 "
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -23,6 +25,13 @@ if [ -n "$missing" ]; then
     apt-get update -q
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+fi
+# The DHCP and DNS servers are here for their config checkers (pibake check) and
+# the network-namespace tests only: they must never serve this machine's LAN.
+if [ -d /run/systemd/system ]; then
+    for unit in kea-dhcp4-server kea-ctrl-agent isc-dhcp-server named; do
+        systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    done
 fi
 
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then

@@ -74,3 +74,16 @@ def project_secrets_store(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test project keeps its secrets store beside its profiles/, whatever
     the caller's $PIBAKE_SECRETS says."""
     monkeypatch.delenv("PIBAKE_SECRETS", raising=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The netns tier (root, ~1 min) runs when asked for (-m netns, make test-netns) or
+    with every tier (make test); a fast-tier selection such as -m "not integration
+    and not boot" skips it with a pointer."""
+    expr = config.getoption("markexpr") or ""
+    if not expr or "netns" in expr:
+        return
+    skip = pytest.mark.skip(reason="netns tier: run make test-netns (or -m netns)")
+    for item in items:
+        if "netns" in item.keywords:
+            item.add_marker(skip)

@@ -30,7 +30,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 def test_check_passes_on_mini_project(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "-C", str(mini), "check")
-    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 8 templates rendered\n", "")
+    assert (code, out, err) == (0, "ok: 2 hosts, 2 layers, 10 templates rendered, 2 configs "
+                                "passed their daemon's checker\n", "")
 
 
 def test_shipped_inventory_checks(capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,7 +217,7 @@ def test_render_writes_every_file(mini: Path, capsys: pytest.CaptureFixture[str]
                          "HostKey /etc/ssh/ssh_host_ecdsa_key\n")
     assert (dest / "etc/sudoers.d/10-pibake-admin").stat().st_mode & 0o777 == 0o440
     assert (dest / "usr/local/sbin/pibake-firstboot").stat().st_mode & 0o111
-    assert out == f"node-02: 34 files written to {dest}\n"
+    assert out == f"node-02: 35 files written to {dest}\n"
 
 
 def test_render_refuses_non_empty_folder(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:

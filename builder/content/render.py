@@ -19,9 +19,11 @@ import jinja2
 from builder.content.secrets import SecretSource, accessor
 from builder.errors import ConfigError
 from builder.inventory.config import Inventory
+from builder.inventory.facts import lanmain_context
 from builder.inventory.layers import Layer
+from builder.inventory.rolefacts import role_view
 
-HEADER_EXEMPT_SUFFIXES = (".json",)  # formats without comments
+HEADER_EXEMPT_SUFFIXES = (".json", "_key")  # formats without comments (JSON, SSH private keys)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,10 @@ def context(inv: Inventory, host: str) -> dict[str, Any]:
         },
         cluster={"name": inv.cluster.name, "domain": inv.cluster.domain,
                  "timezone": inv.cluster.timezone, "admin_user": inv.cluster.admin.user},
+        roles=role_view(inv),
     )
+    if "lanmain" in inv.profile(host).layers:
+        ctx["lanmain"] = lanmain_context(inv, host)
     return ctx
 
 
@@ -122,6 +127,8 @@ def render_layer(inv: Inventory, host: str, layer: Layer, ctx: dict[str, Any] | 
             ) from None
         except jinja2.TemplateError as exc:
             raise ConfigError(f"{shown}: template error: {exc}") from None
+        if not text.strip():
+            continue  # a template that renders to nothing (a branch not chosen) is not written
         if "managed by pibake" not in text and not item.dest.endswith(HEADER_EXEMPT_SUFFIXES):
             raise ConfigError(f"{shown}: rendered file has no 'managed by pibake' header; add a "
                               "comment line with {{ pibake_managed }} at the top")

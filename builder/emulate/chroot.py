@@ -232,7 +232,9 @@ class EmulatedChroot:
         line to ``on_line`` as it comes and return nothing)."""
         if not self._entered:
             raise RuntimeError("EmulatedChroot.run() outside its 'with' block")
-        full_env = {**_BASE_ENV, **(env or {})}
+        # The build's one timestamp reaches maintainer scripts (initramfs, shadow).
+        stamp = {k: os.environ[k] for k in ("SOURCE_DATE_EPOCH",) if k in os.environ}
+        full_env = {**_BASE_ENV, **stamp, **(env or {})}
         outer = {"PIBAKE_APT_CACHE": str(self.apt_cache) if self.apt_cache else ""}
         cmd = [
             "unshare", "--mount", "--propagation", "private", "--fork", "--",

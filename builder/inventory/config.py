@@ -42,6 +42,7 @@ from typing import Any
 
 from builder.errors import ConfigError
 from builder.inventory.bases import CATALOG, DEFAULT_BASE, Base, BaseKind, Model
+from builder.inventory.facts import check_lanmain, check_lanmain_pair
 from builder.inventory.layers import Layer, load_layers
 from builder.inventory.schema import (
     Reader,
@@ -54,6 +55,7 @@ from builder.inventory.schema import (
     short,
     suggest,
 )
+from builder.inventory.vartypes import check_vars
 
 CLUSTER_FILE = "profiles/cluster.yaml"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -178,8 +180,12 @@ def load_inventory(root: Path) -> Inventory:
             f"profiles/{name}.yaml: host '{name}' is not in {CLUSTER_FILE} nodes "
             f"(known: {known_list(cluster.nodes)}); add it to nodes or remove the file"
         )
-    return Inventory(root=root, cluster=cluster, layers=MappingProxyType(layers),
-                     profiles=MappingProxyType(profiles))
+    inv = Inventory(root=root, cluster=cluster, layers=MappingProxyType(layers),
+                    profiles=MappingProxyType(profiles))
+    check_lanmain_pair(inv)
+    check_vars(inv)
+    check_lanmain(inv)
+    return inv
 
 
 def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:

@@ -24,6 +24,7 @@ from typing import Any
 
 from builder.errors import ConfigError
 from builder.inventory.schema import VAR_RE, Reader, known_list, load_yaml, short, suggest
+from builder.inventory.vartypes import load_types
 
 LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 SCRIPT_RE = re.compile(r"^[0-9]{2}-[A-Za-z0-9][A-Za-z0-9_.-]*\.sh$")
@@ -80,6 +81,7 @@ class Layer:
     content_hash: str                       # every file of the layer
     secrets: Mapping[str, SecretKind] = field(default_factory=lambda: MappingProxyType({}))
     build_hash: str = field(default="")     # the parts that shape the role rootfs
+    types: Mapping[str, str] = field(default_factory=dict)  # var -> vartypes name
 
     def packages_for(self, suite: str) -> tuple[str, ...]:
         return self.package_overrides.get(suite, self.packages)
@@ -128,13 +130,15 @@ def load_layer(path: Path, shown: str) -> Layer:
 
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
-                  f"{shown}/layer.yaml", "", ["description", "requires", "modes", "secrets"])
+                  f"{shown}/layer.yaml", "",
+                  ["description", "requires", "modes", "secrets", "types"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     modes = _modes(meta)
     secrets = _secrets(meta)
 
     defaults = _load_defaults(path, shown, name)
+    types = load_types(meta, defaults)
     packages = _load_packages(path / "packages", f"{shown}/packages") \
         if (path / "packages").exists() else ()
     overrides = {
@@ -159,6 +163,7 @@ def load_layer(path: Path, shown: str) -> Layer:
         package_overrides=MappingProxyType(overrides), files=files, templates=templates,
         hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
         secrets=MappingProxyType(secrets),
+        types=MappingProxyType(types),
     )
 
 

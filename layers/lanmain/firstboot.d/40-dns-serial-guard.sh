@@ -1,0 +1,44 @@
+#!/bin/sh
+# pibake: needs-clock
+# On the DNS primary: never publish a serial lower than the secondary's. When
+# an older image is flashed (or the clock was behind at build time), the zone
+# serial is raised to the secondary's + 1, so the secondary transfers this
+# image's zone instead of keeping its newer copy. Waits up to a minute for the
+# secondary; if it does not answer, the primary's serial (the build time) stands:
+# a fresh pair, or a secondary that is down too.
+set -eu
+. "${LANMAIN_ENV:-/etc/pibake/lanmain.env}"
+[ "$LANMAIN_ROLE" = primary ] || { echo "40-dns-serial-guard: secondary, nothing to do"; exit 0; }
+
+serial_of() {  # zone -> the secondary's serial, or nothing
+    dig +short +time=2 +tries=1 -k "$LANMAIN_TSIG_KEY" @"$LANMAIN_PEER_IP" "$1" SOA \
+        | awk '/^[0-9a-zA-Z]/ && $3 ~ /^[0-9]+$/ { print $3; exit }'
+}
+local_serial() {  # file -> its SOA serial (the line marked "; serial")
+    awk '$2 == ";" && $3 == "serial" { print $1; exit }' "$1"
+}
+newer() {  # a b -> true when a is after b in RFC 1982 serial arithmetic
+    [ "$1" != "$2" ] && [ $(( ($1 - $2 + 4294967296) % 4294967296 )) -lt 2147483648 ]
+}
+
+deadline=$(( $(date +%s) + ${LANMAIN_GUARD_WAIT:-60} ))
+changed=0
+set -- $LANMAIN_ZONE_FILES
+for zone in $LANMAIN_ZONES; do
+    file=$1; shift
+    remote=""
+    while [ -z "$remote" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+        remote=$(serial_of "$zone" || true)
+        [ -n "$remote" ] || { echo "40-dns-serial-guard: waiting for $LANMAIN_PEER_IP (DNS secondary) for $zone"; sleep 5; }
+    done
+    mine=$(local_serial "$file")
+    if [ -n "$remote" ] && ! newer "$mine" "$remote"; then
+        next=$(( (remote + 1) % 4294967296 ))
+        sed -i "s/^\([[:space:]]*\)$mine ; serial/\1$next ; serial/" "$file"
+        echo "40-dns-serial-guard: $zone serial $mine -> $next (secondary has $remote)"
+        changed=1
+    else
+        echo "40-dns-serial-guard: $zone serial $mine (secondary: ${remote:-no answer})"
+    fi
+done
+if [ "$changed" = 1 ] && systemctl is-active --quiet named 2>/dev/null; then rndc reload; fi

@@ -1,0 +1,61 @@
+"""Boot tier: the shipped compute-01 alone under QEMU. First boot reaches done,
+nothing failed, and each compute service of a frontend is active on its own
+(its peers are absent: keepalived takes the floating IP, HAProxy serves from
+the local Nginx backup, the NFS share waits to be accessed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.vm.boot import boot_image
+from tests.conftest import REPO
+from tests.vm import build, ssh, stop
+
+pytestmark = pytest.mark.boot
+
+SERVICES = ("chrony", "haproxy", "keepalived", "nginx", "docker", "distcc",
+            "srv-share.automount")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("roles-boot")
+    key = root / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    project = root / "proj"
+    shutil.copytree(REPO / "profiles", project / "profiles")
+    shutil.copytree(REPO / "layers", project / "layers", symlinks=True)
+    cluster = project / "profiles/cluster.yaml"
+    pub = key.with_suffix(".pub").read_text().strip()
+    cluster.write_text(cluster.read_text().replace("ssh_authorized_keys: []",
+                                                   f"ssh_authorized_keys: ['{pub}']"))
+    build(project, "compute-01")
+    return project / "output/compute-01.img", key
+
+
+def test_frontend_alone_runs_its_services(image: tuple[Path, Path], tmp_path: Path) -> None:
+    img, key = image
+    result = boot_image(img, host="compute-01", overlay=tmp_path / "overlay.qcow2",
+                        timeout=1200, keep=True, memory_mib=1024)  # a Pi 3 has 1 GiB
+    port = result.ssh_port
+    try:
+        assert result.progress[-1] == "done"
+        assert ssh(port, key, "sudo systemctl --failed --plain --no-legend") == ""
+        for unit in SERVICES:
+            assert ssh(port, key, f"systemctl is-active {unit}") == "active", unit
+        # alone, the frontend holds the floating IP (VRRP needs a few adverts)
+        ssh(port, key, "for i in $(seq 30); do ip -4 -o addr show eth0 | grep -q 10.20.0.30 "
+                       "&& break; sleep 1; done")
+        assert "10.20.0.30/24" in ssh(port, key, "ip -4 -o addr show eth0")
+        # HAProxy answers from the local Nginx while the backends are away
+        page = ssh(port, key, "curl -fsS http://127.0.0.1:80/")
+        assert "Served by compute-01 (frontend)" in page
+        assert ssh(port, key, "curl -fsS http://127.0.0.1:8080/healthz") == "ok compute-01"
+        swarm = ssh(port, key, "cat /etc/pibake/swarm.json")
+        assert '"bootstrap": true' in swarm
+    finally:
+        stop(result.pid, port, key)

@@ -48,14 +48,24 @@ nodes:
 BOOT_HOSTS = {"bench-compute": "[base, compute]", "bench-armhf": "[base]"}
 
 
-def make_project(root: Path, model: str) -> Path:
+def make_project(root: Path, model: str, base: str = "debian-trixie") -> Path:
     (root / "profiles").mkdir(parents=True)
     shutil.copytree(REPO / "layers", root / "layers", symlinks=True)
     (root / "profiles/cluster.yaml").write_text(BENCH_CLUSTER.replace("MODEL", model))
-    (root / "profiles/bench-01.yaml").write_text("base: debian-bookworm\nlayers: [base]\n")
+    (root / "profiles/bench-01.yaml").write_text(f"base: {base}\nlayers: [base]\n")
     for host, layers in BOOT_HOSTS.items():
-        (root / f"profiles/{host}.yaml").write_text(f"base: debian-bookworm\nlayers: {layers}\n")
+        (root / f"profiles/{host}.yaml").write_text(f"base: {base}\nlayers: {layers}\n")
     return root
+
+
+def timed_base(project: Path, host: str) -> tuple[str, float]:
+    """The cold base (bootstrap with kernel) alone: (suite/arch, seconds)."""
+    from builder.inventory.config import load_inventory
+    from builder.pipeline import base_artifact
+
+    start = time.monotonic()
+    base = base_artifact(load_inventory(project), host)
+    return f"{base.suite}/{base.arch}", time.monotonic() - start
 
 
 def timed_boot(image: Path, host: str) -> tuple[float, float | None]:
@@ -122,12 +132,13 @@ def main() -> int:
     parser.add_argument("--no-deb-cache", action="store_true",
                         help="also start without downloaded .deb files")
     parser.add_argument("--no-boot", action="store_true", help="measure the build only")
+    parser.add_argument("--base", default="debian-trixie", help="base of the bench hosts")
     args = parser.parse_args()
     user_cache = os.environ.get("PIBAKE_CACHE")
     boot_rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pibake-bench-") as tmp:
         work = Path(tmp)
-        project = make_project(work / "proj", args.model)
+        project = make_project(work / "proj", args.model, args.base)
         os.environ["PIBAKE_CACHE"] = str(work / "cache")
         if not args.no_deb_cache:
             shared = Path.home() / ".cache" / "pibake" / "apt"
@@ -135,9 +146,10 @@ def main() -> int:
             (work / "cache").mkdir()
             os.symlink(shared, work / "cache" / "apt")
         out = work / "out"
-        cold = timed_build(project, "bench-01", out)
+        base_what, base_seconds = timed_base(project, "bench-01")
+        cold = base_seconds + timed_build(project, "bench-01", out)
         (project / "profiles/bench-01.yaml").write_text(
-            "base: debian-bookworm\nlayers: [base]\nvars:\n  base_journal_max_use: 32M\n")
+            f"base: {args.base}\nlayers: [base]\nvars:\n  base_journal_max_use: 32M\n")
         warm = timed_build(project, "bench-01", out)
         size = (out / "bench-01.img").stat().st_size
         blocks = (out / "bench-01.img").stat().st_blocks * 512
@@ -149,6 +161,7 @@ def main() -> int:
             boot_rows = boot_part(project, out, user_cache)
     print(f"bench: host bench-01 ({args.model}), image {size / 2**20:.0f} MiB "
           f"({blocks / 2**20:.0f} MiB mapped)")
+    print(f"bench: cold base {base_what} (bootstrap with kernel): {base_seconds:7.1f} s")
     print(f"bench: cold build (empty cache{'' if args.no_deb_cache else ', debs cached'}): "
           f"{cold:7.1f} s")
     print(f"bench: warm build (role cached, one host var changed): {warm:7.1f} s")

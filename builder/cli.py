@@ -81,12 +81,16 @@ def render(ctx: click.Context, host: str, dest: Path) -> None:
               default="none", show_default=True, help="Also write a compressed copy.")
 @click.option("--catalog/--no-catalog", default=None,
               help="Write output/os_list.json for Raspberry Pi Imager (default: with 2+ hosts).")
+@click.option("--strict", is_flag=True,
+              help="Fail instead of building without a -security/-updates suite whose index "
+                   "the archive serves broken (for CI and release builds).")
 @click.pass_context
 def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: Path | None,
-          compression: str, catalog: bool | None) -> None:
+          compression: str, catalog: bool | None, strict: bool) -> None:
     """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
     from builder.errors import ConfigError
     from builder.image.outputs import Compression
+    from builder.inventory.bases import support_notices
     from builder.pipeline import build_image
 
     inv = _inventory(ctx)
@@ -97,10 +101,19 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
     for host in hosts:
         inv.profile(host)  # every name is checked before the first build starts
     out = output or _project(ctx) / "output"
+    for line in support_notices(inv, hosts):
+        log.notice(line)
+    skipped: dict[str, tuple[str, ...]] = {}
     for host in hosts:
-        result = build_image(inv, host, out, Compression(compression))
+        result = build_image(inv, host, out, Compression(compression), strict)
         click.echo(f"{result.image}  sha256 {result.sha256[:16]}…  "
                    f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
+        if result.skipped_suites:
+            skipped[host] = result.skipped_suites
+    if skipped:
+        log.notice("warning: built without " + "; ".join(
+            f"{h} ({', '.join(s)})" for h, s in skipped.items()) + ": the archive's index was "
+            "broken; see the manifests, and use --strict to make this an error")
     if catalog or (catalog is None and len(hosts) > 1):
         from builder.image.catalog import write_catalog
 
@@ -183,9 +196,8 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
 @cli.command("cluster-test")
 @click.argument("scenario")
 @click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path.home() / ".ssh" / "id_ed25519", show_default=True,
-              help="Private key of the cluster's admin account (its public half is in "
-                   "cluster.yaml).")
+              default=None, help="Private key of the cluster's admin account (default: a "
+                                 "throwaway key certified by the cluster's user CA).")
 @click.option("--rebuild", "rebuild", multiple=True,
               help="Node to stop and boot again from a fresh overlay (repeatable; default: "
                    "the scenario's last node).")
@@ -193,7 +205,7 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
 @click.option("--timeout", type=float, default=900, show_default=True,
               help="Seconds each phase may take to pass every check.")
 @click.pass_context
-def cluster_test(ctx: click.Context, scenario: str, identity: Path, rebuild: tuple[str, ...],
+def cluster_test(ctx: click.Context, scenario: str, identity: Path | None, rebuild: tuple[str, ...],
                  no_rebuild: bool, timeout: float) -> None:
     """Boot SCENARIO's nodes together under QEMU (a layer's nodes, or full) and
     check from inside each VM that it joined its peers; then rebuild a node and
@@ -314,10 +326,14 @@ def flash(ctx: click.Context, host: str, device: Path, yes: bool, output: Path |
 @cli.command()
 @click.pass_context
 def bases(ctx: click.Context) -> None:
-    """List the bases profiles can start from."""
+    """List the bases profiles can start from, with their security support per arch."""
+    from builder.inventory.bases import support_summary
+
     inv = _inventory(ctx)
     for base in inv.cluster.bases.values():
-        click.echo(f"{base.name:32} {base.kind:9} {base.suite:9} {base.description}")
+        default = " (cluster.base)" if base.name == inv.cluster.base else ""
+        click.echo(f"{base.name:32} {base.kind:9} {base.suite:9} {base.description}{default}")
+        click.echo(f"{'':32} security: {support_summary(base)}")
 
 
 def _terminate(signum: int, frame: object) -> None:

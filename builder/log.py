@@ -15,6 +15,10 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    return _quiet
+
+
 def info(msg: str) -> None:
     if not _quiet:
         print(msg, file=sys.stderr, flush=True)

@@ -65,6 +65,8 @@ class BaseArtifact:
     boot_mount: str
     cmdline: str
     source_sha256: str      # the downloaded image's sha256, or the bootstrap tarball's
+    suites: tuple[str, ...] = ()    # the archive suites a bootstrap used
+    skipped: tuple[str, ...] = ()   # -updates/-security left out (broken index)
 
     @property
     def tar(self) -> Path:
@@ -93,6 +95,7 @@ class BuildResult:
     sha256: str
     role_cached: bool
     seconds: float
+    skipped_suites: tuple[str, ...] = ()   # the base was built without these
 
 
 def apt_cache_dir() -> Path:
@@ -135,13 +138,16 @@ def bootstrap_base(base: Base, model: str, arch: str, mirror: str | None) -> Bas
         preflight_emulation(arch)
         with log.step(f"bootstrap {base.name} {arch} ({spec.kernel})"), \
                 cache.atomic_dir(folder) as tmp:
-            bootstrap_rootfs(spec, tmp / "rootfs.tar", apt_cache_dir())
+            sources = bootstrap_rootfs(spec, tmp / "rootfs.tar", apt_cache_dir())
             meta = {"name": base.name, "arch": arch, "suite": base.suite,
                     "boot_mount": base.boot_mount, "cmdline": "",
-                    "source_sha256": cache.sha256_file(tmp / "rootfs.tar")}
+                    "source_sha256": cache.sha256_file(tmp / "rootfs.tar"),
+                    "suites": list(sources.suites), "skipped_suites": list(sources.skipped)}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return BaseArtifact(base.name, key, folder, arch, base.suite, meta["boot_mount"],
-                        meta["cmdline"], meta["source_sha256"])
+                        meta["cmdline"], meta["source_sha256"],
+                        tuple(meta.get("suites", [base.suite])),
+                        tuple(meta.get("skipped_suites", [])))
 
 
 def _image_base(base: Base, arch: str) -> BaseArtifact:
@@ -262,6 +268,8 @@ def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> 
         with log.step("unpack base"):
             run([which("tar", "tar"), "-x", "-p", "--numeric-owner", "--xattrs",
                  "--xattrs-include=*", "-f", base.tar, "-C", tree], what="tar")
+        if profile.base.kind is BaseKind.bootstrap:
+            _check_role_archive(inv, host, base, tree)
         with EmulatedChroot(tree, base.arch, apt_cache_dir()) as chroot:
             for name in profile.layers:
                 layer = inv.layers[name]
@@ -301,6 +309,16 @@ def _build_role(inv: Inventory, host: str, base: BaseArtifact, folder: Path) -> 
                     "base": base.key}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta
+
+
+def _check_role_archive(inv: Inventory, host: str, base: BaseArtifact, tree: Path) -> None:
+    from builder.emulate.archive import check_role_packages
+
+    wanted = [p for name in inv.profile(host).layers
+              for p in inv.layers[name].packages_for(base.suite)]
+    if wanted:
+        with log.step(f"check the archive for the role's packages ({base.suite}/{base.arch})"):
+            check_role_packages(tree, base.suite, base.arch, wanted, apt_cache_dir())
 
 
 def lock_passwords(tree: Path) -> None:
@@ -345,13 +363,18 @@ def git_revision(root: Path) -> str:
 
 
 def build_image(inv: Inventory, host: str, out_dir: Path,
-                compression: Compression = Compression.none) -> BuildResult:
+                compression: Compression = Compression.none, strict: bool = False) -> BuildResult:
     start = time.monotonic()
     profile = inv.profile(host)
     pin_source_date_epoch(inv.root)  # every timestamp in the image; see reproducible.py
     # templates are rendered and each daemon config checked before any slow work
     check_rendered(host, render_host(inv, host))
     base = base_artifact(inv, host)
+    if strict and base.skipped:
+        raise BuildError(f"{host}: its base {base.name} ({base.arch}) was built without "
+                         f"{', '.join(base.skipped)} (the archive's index was broken); "
+                         "--strict refuses that: when the archive serves it again, delete "
+                         f"{base.dir} and build again, or set cluster.mirror")
     role, cached = role_artifact(inv, host, base)
     if cached:
         log.info(f"==> role {'+'.join(profile.layers)} cached ({role.key[:12]})")
@@ -362,7 +385,8 @@ def build_image(inv: Inventory, host: str, out_dir: Path,
     except NoSpaceError:
         raise NoSpaceError(f"{out_dir}: no space left on device while writing {host}.img; "
                            "free some space and build again") from None
-    return BuildResult(out_dir / f"{host}.img", sha, cached, time.monotonic() - start)
+    return BuildResult(out_dir / f"{host}.img", sha, cached, time.monotonic() - start,
+                       base.skipped)
 
 
 def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compression,
@@ -398,7 +422,8 @@ def _host_stage(inv: Inventory, host: str, out_dir: Path, compression: Compressi
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source_date_epoch": source_date_epoch(inv.root),
             "base": {"name": base.name, "kind": str(profile.base.kind), "suite": base.suite,
-                     "arch": base.arch, "sha256": base.source_sha256, "cache_key": base.key},
+                     "arch": base.arch, "sha256": base.source_sha256, "cache_key": base.key,
+                     "suites": list(base.suites), "skipped_suites": list(base.skipped)},
             "role": {"cache_key": role.key, "cached": cached},
             "layers": [{"name": n, "content_hash": inv.layers[n].content_hash}
                        for n in profile.layers],

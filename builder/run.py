@@ -8,7 +8,8 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from builder.errors import BuildError, NoSpaceError, PreflightError
@@ -72,6 +73,47 @@ def run(
                                "again")
         raise BuildError(f"{label} failed (exit {proc.returncode}): {tail or 'no output'}")
     return subprocess.CompletedProcess(args, proc.returncode, out or b"", err or b"")
+
+
+def run_lines(
+    argv: Sequence[str | os.PathLike[str]],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    what: str | None = None,
+) -> None:
+    """Run a command, handing each line of its merged stdout and stderr to
+    ``on_line`` as it comes (progress); fail as ``run`` does."""
+    args = [os.fspath(a) for a in argv]
+    try:
+        proc = subprocess.Popen(args, env={**os.environ, **(env or {})},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except FileNotFoundError as exc:
+        raise PreflightError(f"'{args[0]}' not found; run 'make setup'") from exc
+    _children.add(proc)
+    tail: deque[str] = deque(maxlen=200)
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            on_line(line)
+        proc.wait()
+    except BaseException:
+        kill_group(proc)
+        raise
+    finally:
+        _children.discard(proc)
+    if proc.returncode != 0:
+        _fail(what or Path(args[0]).name, proc.returncode, "\n".join(tail))
+
+
+def _fail(label: str, code: int, output: str) -> None:
+    tail = " | ".join(_telling_lines(output))
+    if "No space left on device" in tail:
+        raise NoSpaceError(f"{label}: no space left on device; free some space and build again")
+    raise BuildError(f"{label} failed (exit {code}): {tail or 'no output'}")
 
 
 def _telling_lines(stderr: str, keep: int = 3) -> list[str]:

@@ -17,11 +17,11 @@ pytestmark = pytest.mark.boot
 
 
 def test_cluster_test_boots_checks_and_rebuilds_a_node(tmp_path: Path) -> None:
-    project, key = keyed_project(tmp_path)
+    project, _ = keyed_project(tmp_path)
     build(project, "node-01", "node-02")
     done = subprocess.run(
         [sys.executable, "-m", "builder", "-C", str(project), "cluster-test", "web",
-         "--identity", str(key), "--timeout", "600"],
+         "--timeout", "600"],
         capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr
     out = done.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from _bootstrap_fixtures import arm64_base_tar  # noqa: F401
 
+from builder.emulate.archive import failed_suites, probe_sources
 from builder.emulate.bootstrap import (
     BASE_PACKAGES,
     DEFAULT_MODULES,
@@ -22,9 +23,7 @@ from builder.emulate.bootstrap import (
     BootstrapSpec,
     customize_hook,
     essential_hook,
-    failed_suites,
     mmdebstrap_argv,
-    probe_sources,
     render_sources,
     spec_for,
     spec_key,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.content.secrets import Store
 from builder.inventory.config import load_inventory
 from builder.vm import cluster
 from builder.vm.cluster import (
@@ -17,6 +18,7 @@ from builder.vm.cluster import (
     ClusterTestError,
     Report,
     Scenario,
+    login_key,
     parse_checks,
     pick,
     scenarios,
@@ -83,6 +85,29 @@ def test_cli_missing_identity(mini: Path, tmp_path: Path,
                            "--identity", str(tmp_path / "nokey"))
     assert code == 9
     assert err.startswith(f"pibake: error: --identity {tmp_path / 'nokey'}: no such private key")
+
+
+def test_cli_images_without_a_store(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for host in ("node-01", "node-02"):
+        write(mini / f"output/{host}.img", "x")
+    code, _, err = run_cli(capsys, "-C", str(mini), "cluster-test", "web")
+    assert code == 9
+    assert err == (f"pibake: error: {mini}/secrets/known_hosts: missing; the images were built "
+                   "without a secrets store? run: pibake secrets init, then build them again\n")
+
+
+def test_login_key_is_certified_by_the_user_ca_for_the_admin(mini: Path, tmp_path: Path) -> None:
+    inv = load_inventory(mini)
+    Store.at(inv).init()
+    key = login_key(inv, tmp_path)
+    cert = subprocess.run(["ssh-keygen", "-L", "-f", str(key) + "-cert.pub"],
+                          capture_output=True, text=True, check=True).stdout
+    ca = mini / "secrets/ca/ssh_user_ca.pub"
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", str(ca)], capture_output=True,
+                                 text=True, check=True).stdout.split()[1]
+    assert "Type: ssh-ed25519-cert-v01@openssh.com user certificate" in cert
+    assert f"Signing CA: ED25519 {fingerprint}" in cert
+    assert "Principals: \n                admin\n" in cert
 
 
 def test_parse_checks_keeps_only_the_fixed_lines() -> None:

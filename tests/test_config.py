@@ -56,8 +56,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "profiles/node-01.yaml: layer: unknown key (known: base, layers, vars); "
      "did you mean 'layers'?"),
     ("unknown-key-cluster", "profiles/cluster.yaml", "  domain:", "  domian:",
-     "profiles/cluster.yaml: cluster.domian: unknown key (known: admin, domain, mirror, name, "
-     "secrets_dir, timezone); did you mean 'domain'?"),
+     "profiles/cluster.yaml: cluster.domian: unknown key (known: admin, base, domain, mirror, "
+     "name, secrets_dir, timezone); did you mean 'domain'?"),
     ("duplicate-ip", "profiles/cluster.yaml", "ip: 192.168.77.16", "ip: 192.168.77.15",
      "profiles/cluster.yaml: nodes.node-02.ip: 192.168.77.15 is already the address of node-01; "
      "every node needs its own"),
@@ -90,7 +90,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "fix the indentation or quoting there"),
     ("unknown-base", "profiles/node-01.yaml", "base: debian-bookworm", "base: debian-bookwrom",
      "profiles/node-01.yaml: base: no base named 'debian-bookwrom' (known: debian-bookworm, "
-     "raspbian-stretch-lite, raspios-bookworm-lite-arm64); did you mean 'debian-bookworm'?"),
+     "debian-trixie, raspbian-stretch-lite, raspios-bookworm-lite-arm64); did you mean "
+     "'debian-bookworm'?"),
     ("requires-order", "profiles/node-01.yaml", "[base, web]", "[web, base]",
      "profiles/node-01.yaml: layers[0]: 'web' requires 'base' before it; add it earlier in "
      "layers"),

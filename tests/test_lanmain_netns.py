@@ -396,9 +396,21 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
     assert guard.returncode == 0, guard.stderr
     assert "pair.lan serial 1764600000 -> 1764633602 (secondary has 1764633601)" in guard.stdout
     assert "1764633602 ; serial" in zone.read_text()
+    assert "0.77.10.in-addr.arpa serial 1764633600 (secondary: 1764633600)" in guard.stdout
     a.start()
     wait_for("secondary took the rebuilt primary's zone",
              lambda: dig(lab, "+short", f"@{pb}", "old-image.pair.lan").strip() == "10.77.0.98",
+             30)
+
+    # The same serial with other records (an inventory edited without a commit): raised too
+    a.stop()
+    zone.write_text(zone.read_text().replace("old-image\tIN A\t10.77.0.98\n",
+                                             "uncommitted\tIN A\t10.77.0.97\n"))
+    guard = lab.run("lm-a", "env", f"LANMAIN_ENV={env}", "sh", str(GUARD), timeout=60)
+    assert "pair.lan serial 1764633602 -> 1764633603 (secondary has 1764633602)" in guard.stdout
+    a.start()
+    wait_for("secondary took the edited zone",
+             lambda: dig(lab, "+short", f"@{pb}", "uncommitted.pair.lan").strip() == "10.77.0.97",
              30)
 
     # A rebuilt secondary (no zone copy) pulls both zones again
@@ -406,12 +418,12 @@ def test_bind_secondary_transfers_with_tsig_follows_notify_and_the_serial_guard(
     alone = lab.run("lm-a", "env", f"LANMAIN_ENV={env}", "LANMAIN_GUARD_WAIT=3", "sh", str(GUARD),
                     timeout=60)   # no secondary: the primary's serial stands, the step passes
     assert alone.returncode == 0, alone.stderr
-    assert "pair.lan serial 1764633602 (secondary: no answer)" in alone.stdout
+    assert "pair.lan serial 1764633603 (secondary: no answer)" in alone.stdout
     shutil.rmtree(b.dir / "cache")
     (b.dir / "cache").mkdir()
     b.start()
     wait_for("rebuilt secondary transferred the zones",
-             lambda: serial(lab, pb) == 1764633602
+             lambda: serial(lab, pb) == 1764633603
              and serial(lab, pb, "0.77.10.in-addr.arpa") == serial(lab, pa, "0.77.10.in-addr.arpa"),
              30)
 

@@ -43,7 +43,8 @@ def test_shipped_cluster_facts() -> None:
 
 
 CASES: list[tuple[str, str, str, str, str]] = [
-    # (id, file, old, new, expected error line)
+    # (id, file, old, new, expected error line); the address checks come from the
+    # typed var (ipv4_floating), the tier's shape from rolefacts
     ("vip-outside-subnet", "profiles/cluster.yaml", "compute_floating_ip: 10.20.0.30",
      "compute_floating_ip: 10.30.0.30",
      "profiles/cluster.yaml: vars.compute_floating_ip: '10.30.0.30' is not a host address of "

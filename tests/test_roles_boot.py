@@ -55,7 +55,7 @@ def test_frontend_alone_runs_its_services(image: tuple[Path, Path], tmp_path: Pa
         page = ssh(port, key, "curl -fsS http://127.0.0.1:80/")
         assert "Served by compute-01 (frontend)" in page
         assert ssh(port, key, "curl -fsS http://127.0.0.1:8080/healthz") == "ok compute-01"
-        swarm = ssh(port, key, "cat /etc/pibake/swarm.json")
-        assert '"bootstrap": true' in swarm
+        swarm = ssh(port, key, "cat /etc/pibake/swarm.env")
+        assert "PIBAKE_SWARM_BOOTSTRAP=compute-01" in swarm
     finally:
         stop(result.pid, port, key)

@@ -47,8 +47,9 @@ def test_role_configs_are_in_the_image(root: Path) -> None:
                                                                     "/etc/haproxy/haproxy.cfg")
     assert b"listen 8080 default_server;" in read_ext4(root,
                                                        "/etc/nginx/sites-available/default")
-    swarm = json.loads(read_ext4(root, "/etc/pibake/swarm.json"))
-    assert (swarm["role"], swarm["bootstrap"]) == ("manager", True)
+    swarm = read_ext4(root, "/etc/pibake/swarm.env").decode()
+    assert "PIBAKE_SWARM_ROLE=manager\n" in swarm
+    assert "PIBAKE_SWARM_BOOTSTRAP=compute-01\n" in swarm
     assert json.loads(read_ext4(root, "/etc/docker/daemon.json"))["live-restore"] is False
     assert b"What=10.20.0.21:/srv/nfs/share" in read_ext4(root,
                                                          "/etc/systemd/system/srv-share.mount")

@@ -32,7 +32,9 @@ def test_frontend_keepalived_from_the_inventory() -> None:
     assert body(vrrp) == [
         "vrrp_instance compute_vip {", "    state BACKUP", "    nopreempt",
         "    interface eth0", "    virtual_router_id 51", "    priority 150",
-        "    advert_int 1", "    unicast_src_ip 10.20.0.31", "    unicast_peer {",
+        "    advert_int 1", "    authentication {", "        auth_type PASS",
+        "        auth_pass stand-in", "    }", "    unicast_src_ip 10.20.0.31",
+        "    unicast_peer {",
         "        10.20.0.32", "    }", "    virtual_ipaddress {",
         "        10.20.0.30/24 dev eth0", "    }", "    track_script {",
         "        chk_haproxy", "    }", "}",
@@ -41,6 +43,10 @@ def test_frontend_keepalived_from_the_inventory() -> None:
     assert "    weight -60\n" in conf
     assert "priority 100" in files("compute-02")["/etc/keepalived/keepalived.conf"]
     assert "vrrp_instance" not in files("compute-03")["/etc/keepalived/keepalived.conf"]
+    inv = load_inventory(REPO)
+    conf = next(r for r in render_host(inv, "compute-02")
+                if r.dest == "/etc/keepalived/keepalived.conf")
+    assert (conf.mode, conf.secrets) == (0o600, ("compute_vrrp",))
 
 
 def test_haproxy_balances_to_the_backends_with_local_backup() -> None:
@@ -98,7 +104,7 @@ def test_nfs_client_mounts_lanmisc_export_on_demand() -> None:
 def test_distcc_and_mpi_from_the_inventory() -> None:
     f = files("compute-02")
     assert body(f["/etc/default/distcc"]) == [
-        'STARTDISTCC="true"', 'ALLOWEDNETS="10.20.0.0/24"', 'LISTENER="10.20.0.32"',
+        'STARTDISTCC="true"', 'ALLOWEDNETS="10.20.0.0/24"', 'LISTENER="0.0.0.0"',
         'NICE="10"', 'JOBS="4"', 'ZEROCONF="false"']
     assert body(f["/etc/pibake/mpi/hostfile"]) == [
         "compute-01:4", "compute-02:4", "compute-03:4", "compute-04:4"]
@@ -113,13 +119,27 @@ def test_lanmisc_exports_to_compute_nodes_only() -> None:
         "/srv/nfs/share " + " ".join(f"10.20.0.3{i}{opts}" for i in range(1, 5))]
     assert body(f["/etc/tmpfiles.d/pibake-nfs.conf"]) == ["d /srv/nfs/share 2775 root users -"]
     assert "fastcgi_pass unix:/run/php/php-fpm.sock;" in f["/etc/nginx/sites-available/default"]
-    assert "    bind 10.20.0.21:80\n" in f["/etc/haproxy/haproxy.cfg"]
+    assert "    bind :80\n" in f["/etc/haproxy/haproxy.cfg"]
     assert "alias /var/www/lanmisc/site/;" in f["/etc/nginx/sites-available/default"]
     site = f["/srv/hugo/site/content/_index.md"]
     assert "| compute-03 | 10.20.0.33 | compute |" in site
     assert "floating IP 10.20.0.30" in site
     step = (REPO / "layers/lanmisc/firstboot.d/50-hugo-site.sh").read_text()
     assert '--destination "$root/var/www/lanmisc/site"' in step
+
+
+def test_redis_on_the_lan_with_its_password_root_only() -> None:
+    inv = load_inventory(REPO)
+    out = {r.dest: r for r in render_host(inv, "lanmisc-01")}
+    conf = out["/etc/redis/redis.conf"]
+    assert "bind 127.0.0.1 10.20.0.21\n" in conf.data.decode()
+    assert "include /run/credentials/redis-server.service/auth.conf" in conf.data.decode()
+    assert conf.secrets == ()
+    auth = out["/etc/redis/pibake-auth.conf"]
+    assert (auth.mode, auth.secrets) == (0o600, ("lanmisc_redis",))
+    assert body(auth.data.decode()) == ["requirepass stand-in-lanmisc_redis"]
+    drop_in = out["/etc/systemd/system/redis-server.service.d/10-pibake.conf"].data.decode()
+    assert "LoadCredential=auth.conf:/etc/redis/pibake-auth.conf" in drop_in
 
 
 def test_chrony_client_of_the_lanmain_pair() -> None:

@@ -420,7 +420,7 @@ class Store:
             self.check()
         renewed = [name, *item.then]
         with self.locked():
-            missing = [n for n in self.for_all_needs(renewed) if n not in renewed
+            missing = [n for n in self._prerequisites(renewed) if n not in renewed
                        and not self.complete(self.items()[n])]
             for n in missing:
                 self._write(self.items()[n])
@@ -429,7 +429,7 @@ class Store:
             self._write_known_hosts()
         return renewed, list(item.rebuild)
 
-    def for_all_needs(self, names: list[str]) -> list[str]:
+    def _prerequisites(self, names: list[str]) -> list[str]:
         """What must exist before ``names`` can be made (a cert needs its key and the CA)."""
         needs = []
         for n in names:

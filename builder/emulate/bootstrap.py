@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -19,9 +18,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from builder import cache, log
+from builder.emulate.archive import require_served, scratch_apt
 from builder.emulate.chroot import preflight_emulation
 from builder.errors import ConfigError, PreflightError
-from builder.run import run, which
+from builder.progress import Meter, Progress, ticking
+from builder.run import run_lines, which
 
 # Bump when the recipe below changes in a way that changes the result.
 RECIPE_VERSION = 1
@@ -244,57 +245,46 @@ def render_sources(
     return "\n".join(stanzas)
 
 
-def failed_suites(apt_output: str) -> dict[str, str]:
-    """Suite -> first reason, from ``apt-get update`` output's ``E: Failed to fetch`` lines."""
-    failed: dict[str, str] = {}
-    for line in apt_output.splitlines():
-        m = re.match(r"E: Failed to fetch \S*/dists/([^/\s]+)/\S*\s+(.*)", line)
-        if m:
-            failed.setdefault(m.group(1), m.group(2).strip())
-    return failed
+class Sources(NamedTuple):
+    text: str
+    suites: tuple[str, ...]           # what the base is built from
+    skipped: tuple[str, ...]          # -updates/-security left out: their index is broken
+    debs: int = 0                     # .debs the package set needs
 
 
-def probe_sources(sources_text: str, arch: str) -> dict[str, str]:
-    """Fetch the package indexes of ``sources_text`` for ``arch`` into a scratch
-    folder (the host's apt state is not touched); return the suites that failed."""
-    with tempfile.TemporaryDirectory(prefix="pibake-apt-probe-") as tmp:
-        d = Path(tmp)
-        for sub in ("lists/partial", "cache/archives/partial", "sources"):
-            (d / sub).mkdir(parents=True)
-        (d / "status").touch()
-        (d / "sources/pibake.sources").write_text(sources_text)
-        opts = {
-            "Dir::State": d, "Dir::State::Lists": d / "lists", "Dir::State::status": d / "status",
-            "Dir::Cache": d / "cache", "Dir::Etc::SourceList": "/dev/null",
-            "Dir::Etc::SourceParts": d / "sources", "APT::Architecture": arch,
-            "APT::Architectures": arch, "Acquire::Languages": "none", "Acquire::Retries": "3",
-        }
-        argv = [which("apt-get", "apt"), "update", "-q"]
-        for name, value in opts.items():
-            argv += ["-o", f"{name}={value}"]
-        proc = subprocess.run(argv, capture_output=True, text=True, start_new_session=True)
-    return failed_suites(proc.stdout + proc.stderr)
-
-
-def usable_sources(spec: BootstrapSpec, sources_text: str) -> str:
+def usable_sources(spec: BootstrapSpec, sources_text: str,
+                   apt_cache: Path | None = None) -> Sources:
     """The sources without the ``-updates``/``-security`` suites whose index the
     archive serves broken for this arch (seen here: a -security Packages.xz of
     the wrong size for armhf, which apt retries cannot fix); the main suite
-    stays required."""
-    failed = probe_sources(sources_text, spec.arch)
-    if not failed:
-        return sources_text
-    if spec.suite in failed:
-        raise PreflightError(
-            f"the archive's {spec.suite}/{spec.arch} package index cannot be fetched: "
-            f"{failed[spec.suite]}; check the host's apt sources or set a mirror in cluster.yaml"
-        )
+    stays required. Every .deb the bootstrap will download must be served."""
+    with scratch_apt(spec.arch, sources_text=sources_text) as apt:
+        failed = apt.update()
+        if spec.suite in failed:
+            raise PreflightError(
+                f"the archive's {spec.suite}/{spec.arch} package index cannot be fetched: "
+                f"{failed[spec.suite]}; check the host's apt sources or set a mirror in "
+                "cluster.yaml"
+            )
+        packages = [*apt.essential(), *BASE_PACKAGES, spec.kernel, *spec.packages]
+        count = require_served(
+            apt, packages, suite=spec.suite, what="the base",
+            fix=f"set cluster.mirror to an archive that serves {spec.suite} {spec.arch} "
+                f"in full, or use another base for this host (e.g. base: {_other(spec.suite)})",
+            apt_cache=apt_cache)
+        log.info(f"    archive: {count} .debs for {spec.suite}/{spec.arch}, all served")
     for suite, reason in sorted(failed.items()):
         log.notice(f"{suite}/{spec.arch}: index cannot be fetched ({reason}); "
                    f"bootstrapping without {suite}")
-    if spec.mirror:
-        return sources_text
-    return render_sources(spec, skip=frozenset(failed))
+    if failed and not spec.mirror:
+        sources_text = render_sources(spec, skip=frozenset(failed))
+    suites = tuple(re.findall(r"^Suites: (.*)$", sources_text, re.M))
+    used = tuple(s for line in suites for s in line.split())
+    return Sources(sources_text, used, tuple(sorted(failed)), count)
+
+
+def _other(suite: str) -> str:
+    return "debian-bookworm" if suite != "bookworm" else "debian-trixie"
 
 
 # --- the hooks ---------------------------------------------------------------
@@ -403,20 +393,40 @@ def mmdebstrap_argv(
     return argv
 
 
-def bootstrap_rootfs(spec: BootstrapSpec, out_tar: Path, apt_cache: Path | None) -> None:
-    """Bootstrap ``spec`` and write its root file system as a tar, atomically."""
+def bootstrap_rootfs(spec: BootstrapSpec, out_tar: Path, apt_cache: Path | None) -> Sources:
+    """Bootstrap ``spec`` and write its root file system as a tar, atomically;
+    return the sources it was built from."""
     preflight_emulation(spec.arch)
     which("mmdebstrap", "mmdebstrap")
-    sources_text = usable_sources(spec, render_sources(spec))
     if apt_cache is not None:
         apt_cache.mkdir(parents=True, exist_ok=True)
+    with log.step(f"check the archive for {spec.suite}/{spec.arch}"):
+        sources = usable_sources(spec, render_sources(spec), apt_cache)
     with log.step(f"bootstrap {spec.suite}/{spec.arch} with {spec.kernel}"), \
             tempfile.TemporaryDirectory(prefix="pibake-bootstrap-") as tmp:
         hooks = Path(tmp)
         (hooks / "essential.sh").write_text(essential_hook())
         (hooks / "customize.sh").write_text(customize_hook(spec))
-        sources = hooks / "pibake.sources"
-        sources.write_text(sources_text)
+        sources_file = hooks / "pibake.sources"
+        sources_file.write_text(sources.text)
         with cache.atomic_file(out_tar) as tmp_tar:
-            argv = mmdebstrap_argv(spec, sources, hooks, tmp_tar, apt_cache)
-            run(argv, what=f"mmdebstrap {spec.suite}/{spec.arch}")
+            argv = mmdebstrap_argv(spec, sources_file, hooks, tmp_tar, apt_cache)
+            _run_with_progress(argv, spec, sources.debs)
+    return sources
+
+
+def _run_with_progress(argv: list[str], spec: BootstrapSpec, total: int) -> None:
+    """mmdebstrap with its phases shown as they pass, and timed."""
+    label = f"bootstrap {spec.suite}/{spec.arch}"
+    times: dict[str, float] = {}
+
+    def timed(phase: str, seconds: float) -> None:
+        times[phase] = times.get(phase, 0.0) + seconds
+
+    meter = Meter(Progress(label, total or None), on_phase=timed)
+    with ticking(meter.progress):
+        run_lines([*argv[:1], "--verbose", *argv[1:]], meter.feed,
+                  what=f"mmdebstrap {spec.suite}/{spec.arch}")
+    meter.close()
+    log.info("    phases: " + ", ".join(f"{p} {t:.0f}s" for p, t in times.items() if t >= 0.5))
+    log.info("    slowest to configure: " + ", ".join(f"{p} {t:.0f}s" for p, t in meter.slowest()))

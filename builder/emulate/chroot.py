@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
 from builder import log
 from builder.errors import BuildError, ConfigError, PreflightError
-from builder.run import run
+from builder.progress import Meter, Progress, ticking
+from builder.run import run, run_lines
 
 # Debian architecture -> binfmt_misc handler of qemu-user-static.
 ARCHES: Mapping[str, str] = {"armel": "qemu-arm", "armhf": "qemu-arm", "arm64": "qemu-aarch64"}
@@ -225,8 +226,10 @@ class EmulatedChroot:
 
     def run(
         self, argv: list[str], env: dict[str, str] | None = None, what: str | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> bytes:
-        """Run ``argv`` inside the tree; return its stdout."""
+        """Run ``argv`` inside the tree; return its stdout (or hand each output
+        line to ``on_line`` as it comes and return nothing)."""
         if not self._entered:
             raise RuntimeError("EmulatedChroot.run() outside its 'with' block")
         # The build's one timestamp reaches maintainer scripts (initramfs, shadow).
@@ -240,6 +243,9 @@ class EmulatedChroot:
             "chroot", str(self.root), *argv,
         ]
         label = what or f"{argv[0]} in {self.arch} chroot"
+        if on_line is not None:
+            run_lines(cmd, on_line, env=outer, what=label)
+            return b""
         return run(cmd, env=outer, capture=True, what=label).stdout
 
     def apt_install(self, packages: list[str]) -> None:
@@ -252,10 +258,12 @@ class EmulatedChroot:
             log.info(f"    apt: {', '.join(packages)} already installed")
             return
         self.run(["apt-get", *_APT_OPTS, "update"], what="apt-get update in chroot")
-        self.run(
-            ["apt-get", *_APT_OPTS, "install", "-y", "--no-install-recommends", *packages],
-            what=f"apt-get install {' '.join(packages)}",
-        )
+        meter = Meter(Progress(f"apt-get install ({len(missing)} named)"))
+        with ticking(meter.progress):
+            self.run(
+                ["apt-get", *_APT_OPTS, "install", "-y", "--no-install-recommends", *packages],
+                what=f"apt-get install {' '.join(packages)}", on_line=meter.feed,
+            )
 
     def run_hook(self, script: Path, env: dict[str, str]) -> None:
         """Copy ``script`` into the tree, run it there, remove it."""

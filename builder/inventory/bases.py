@@ -9,8 +9,11 @@ cluster.yaml under ``bases:``.
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from builder.emulate.bootstrap import PI_FAMILIES
 
@@ -36,6 +39,20 @@ ARCH_MODELS: dict[str, frozenset[Model]] = {
 }
 
 
+# End of security support per suite and arch: Debian's regular security
+# support, then LTS where LTS covers the arch (bookworm LTS: amd64, arm64,
+# armhf, i386; not armel). Trixie's LTS arches are not announced yet: its
+# dates are the end of regular security support.
+SECURITY_UNTIL: dict[str, dict[str, datetime.date]] = {
+    "stretch": dict.fromkeys(("armel", "armhf", "arm64"), datetime.date(2022, 6, 30)),
+    "bookworm": {"armel": datetime.date(2026, 6, 10), "armhf": datetime.date(2028, 6, 30),
+                 "arm64": datetime.date(2028, 6, 30)},
+    "trixie": dict.fromkeys(("armel", "armhf", "arm64"), datetime.date(2028, 8, 9)),
+}
+
+DEFAULT_BASE = "debian-trixie"
+
+
 @dataclass(frozen=True)
 class Base:
     name: str
@@ -59,6 +76,24 @@ class Base:
         assert self.arch is not None
         return self.arch
 
+    def arches(self) -> tuple[str, ...]:
+        if self.kind is BaseKind.bootstrap:
+            return tuple(sorted({f.arch for f in PI_FAMILIES.values()}))
+        assert self.arch is not None
+        return (self.arch,)
+
+    def security_until(self, arch: str) -> datetime.date | None:
+        """Last day of security support for ``arch``; None when not known."""
+        return SECURITY_UNTIL.get(self.suite, {}).get(arch)
+
+    def unsupported_notice(self, arch: str, today: datetime.date) -> str | None:
+        """One line when this base gets no security updates for ``arch`` any more."""
+        until = self.security_until(arch)
+        if until is None or until >= today:
+            return None
+        return (f"{self.name} on {arch} has had no security support since {until}; "
+                f"images built from it get no security updates (see pibake bases)")
+
     def supports(self, model: Model) -> bool:
         if self.kind is BaseKind.bootstrap:
             return True
@@ -69,6 +104,12 @@ class Base:
 CATALOG: dict[str, Base] = {
     b.name: b
     for b in (
+        Base(
+            name="debian-trixie",
+            kind=BaseKind.bootstrap,
+            suite="trixie",
+            description="Debian 13 bootstrapped with mmdebstrap, kernel per Pi family",
+        ),
         Base(
             name="debian-bookworm",
             kind=BaseKind.bootstrap,
@@ -107,3 +148,36 @@ CATALOG: dict[str, Base] = {
         ),
     )
 }
+
+
+def support_summary(base: Base, today: datetime.date | None = None) -> str:
+    """``arm64 until 2028-06-30, armel ended 2026-06-10`` (``unknown`` without dates)."""
+    today = today or datetime.date.today()
+    parts = []
+    for arch in base.arches():
+        until = base.security_until(arch)
+        if until is None:
+            parts.append(f"{arch} unknown")
+        else:
+            parts.append(f"{arch} {'ended' if until < today else 'until'} {until}")
+    return ", ".join(parts)
+
+
+def support_notices(inv: Any, hosts: Iterable[str],
+                    today: datetime.date | None = None) -> list[str]:
+    """One line per base and arch that ``hosts`` build on and that has lost
+    security support, naming the hosts."""
+    today = today or datetime.date.today()
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    bases: dict[str, Base] = {}
+    for host in hosts:
+        base = inv.profile(host).base
+        arch = base.arch_for(inv.node(host).model)
+        bases[base.name] = base
+        by_pair.setdefault((base.name, arch), []).append(host)
+    lines = []
+    for (name, arch), names in by_pair.items():
+        text = bases[name].unsupported_notice(arch, today)
+        if text is not None:
+            lines.append(f"{text}: {', '.join(names)}")
+    return lines

@@ -11,6 +11,7 @@ cluster.yaml::
       domain: cluster.lan          # DNS domain of every node
       timezone: Etc/UTC
       mirror: null                 # Debian archive URL; default: the build host's apt sources
+      base: debian-trixie          # every host's base unless its own file names one
       secrets_dir: null            # the secrets store; default: secrets/ beside profiles/
       admin:
         user: admin                # login account; no password, SSH keys only
@@ -24,7 +25,7 @@ cluster.yaml::
 
 <host>.yaml::
 
-    base: debian-bookworm
+    base: debian-bookworm          # optional: overrides cluster.base
     layers: [base, compute]
     vars: {compute_keepalived_priority: 150}
 """
@@ -40,7 +41,7 @@ from types import MappingProxyType
 from typing import Any
 
 from builder.errors import ConfigError
-from builder.inventory.bases import CATALOG, Base, BaseKind, Model
+from builder.inventory.bases import CATALOG, DEFAULT_BASE, Base, BaseKind, Model
 from builder.inventory.facts import check_lanmain, check_lanmain_pair
 from builder.inventory.layers import Layer, load_layers
 from builder.inventory.schema import (
@@ -97,6 +98,7 @@ class Cluster:
     nodes: Mapping[str, Node]          # in file order
     vars: Mapping[str, Any]
     bases: Mapping[str, Base]          # the catalog plus the user's own
+    base: str = DEFAULT_BASE           # cluster.base: every host's unless its file names one
     secrets_dir: str | None = None     # cluster.secrets_dir as written (relative to the project)
 
 
@@ -190,7 +192,8 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     shown = CLUSTER_FILE
     top = Reader(load_yaml(root / shown, shown), shown, "",
                  ["cluster", "networks", "nodes", "vars", "bases"])
-    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin", "secrets_dir"])
+    c = top.child("cluster", ["name", "domain", "timezone", "mirror", "admin", "base",
+                              "secrets_dir"])
     name = hostname(c.text("name", hint="name the cluster, e.g. name: rpi-cluster"),
                     c.loc("name"))
     domain = c.text("domain", hint="set the DNS domain, e.g. domain: cluster.lan")
@@ -229,9 +232,13 @@ def load_cluster(root: Path, layers: Mapping[str, Layer]) -> Cluster:
     bases = dict(CATALOG)
     for bname, spec in top.mapping("bases").items():
         bases[str(bname)] = _user_base(top, str(bname), spec, root)
+    base = c.text("base", DEFAULT_BASE)
+    if base not in bases:
+        raise ConfigError(f"{c.loc('base')}: no base named {base!r} (known: "
+                          f"{known_list(bases)}){suggest(base, bases)}")
     return Cluster(name=name, domain=domain, timezone=timezone, mirror=mirror, admin=admin,
                    networks=MappingProxyType(networks), nodes=MappingProxyType(nodes),
-                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases),
+                   vars=MappingProxyType(cvars), bases=MappingProxyType(bases), base=base,
                    secrets_dir=c.opt_str("secrets_dir"))
 
 
@@ -337,14 +344,15 @@ def load_profile(root: Path, host: str, cluster: Cluster, layers: Mapping[str, L
         raise ConfigError(f"{shown}: missing; every node in {CLUSTER_FILE} needs a profile "
                           "(base, layers, vars)")
     r = Reader(load_yaml(root / shown, shown), shown, "", ["base", "layers", "vars"])
-    base_name = r.text("base", hint="name a base, e.g. base: debian-bookworm")
+    base_name = r.text("base", cluster.base)
     if base_name not in cluster.bases:
         raise ConfigError(f"{shown}: base: no base named {base_name!r} (known: "
                           f"{known_list(cluster.bases)}){suggest(base_name, cluster.bases)}")
     base = cluster.bases[base_name]
     node = cluster.nodes[host]
     if not base.supports(node.model):
-        raise ConfigError(f"{shown}: base: {base_name} ({base.arch}) does not run on a "
+        where = f"{shown}: base" if r.raw("base") is not None else f"{CLUSTER_FILE}: cluster.base"
+        raise ConfigError(f"{where}: {base_name} ({base.arch}) does not run on a "
                           f"{node.model} ({CLUSTER_FILE} nodes.{host}.model); pick another base")
     names = r.str_list("layers")
     if not names:

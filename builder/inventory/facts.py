@@ -86,8 +86,9 @@ def check_lanmain(inv: Inventory) -> None:
 
 
 def zone_serial() -> int:
-    """Seconds since 1970 at build time (or $SOURCE_DATE_EPOCH): every newer image
-    publishes a higher serial; the first-boot guard covers an older image."""
+    """$SOURCE_DATE_EPOCH (a build pins it to the last commit's time, so a rebuild
+    is identical), else now: a newer image publishes a higher serial; the
+    first-boot guard covers an older image and an edit made without a commit."""
     return int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
 
 

@@ -26,9 +26,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.content.secrets import Store
 from builder.errors import BootError
 from builder.inventory.config import Inventory
-from builder.vm.boot import GroupVm, NodeBoot, boot_group
+from builder.run import run
+from builder.vm.boot import GroupVm, NodeBoot, boot_group, host_key_options
 from builder.vm.qemu import LanSpec, free_udp_port
 
 CHECK_LINE = re.compile(r"^pibake-check: (?P<name>\S+) (?P<state>ok|FAIL): ?(?P<detail>.*)$")
@@ -127,7 +129,8 @@ def images(project: Path, scenario: Scenario) -> dict[str, Path]:
 
 @dataclass
 class Ssh:
-    """SSH into the VMs through their forwarded management ports."""
+    """SSH into the VMs through their forwarded management ports, each node's
+    host key checked strictly against the cluster's host CA (as its name)."""
 
     user: str
     identity: Path
@@ -136,9 +139,9 @@ class Ssh:
     def argv(self, host: str, port: int, command: str) -> list[str]:
         return [
             "ssh", "-p", str(port), "-i", str(self.identity),
-            # one entry per node name, whatever local port this VM got
-            "-o", f"HostKeyAlias={host}", "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes",
+            # checked as the node's name, whatever local port this VM got, against
+            # the store's host CA only: a node must present its own certified key
+            *host_key_options(host, self.known_hosts), "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
             f"{self.user}@127.0.0.1", command,
         ]  # fmt: skip
@@ -199,13 +202,32 @@ def wait_healthy(vms: Mapping[str, GroupVm], ssh: Ssh, phase: str, report: Repor
         time.sleep(POLL_SECONDS)
 
 
-def run_scenario(inv: Inventory, project: Path, scenario: Scenario, *, identity: Path,
-                 boot_timeout: float = 1200, check_timeout: float = 900,
-                 echo: Callable[[str], None] = print) -> Report:
+def login_key(inv: Inventory, folder: Path) -> Path:
+    """A throwaway key for the admin account, certified for two hours by the
+    cluster's user CA (every sshd trusts it): no personal key is needed."""
+    store = Store.at(inv)
+    store.check()
+    key = folder / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pibake cluster-test",
+         "-f", str(key)], what="ssh-keygen")
+    run(["ssh-keygen", "-q", "-s", str(store.path / "ca/ssh_user_ca"), "-I",
+         "pibake-cluster-test", "-n", inv.cluster.admin.user, "-V", "+2h",
+         str(key.with_suffix(".pub"))], what="ssh-keygen -s (user CA)")
+    return key
+
+
+def run_scenario(inv: Inventory, project: Path, scenario: Scenario, *,
+                 identity: Path | None = None, boot_timeout: float = 1200,
+                 check_timeout: float = 900, echo: Callable[[str], None] = print) -> Report:
     paths = images(project, scenario)
-    if not identity.is_file():
+    if identity is not None and not identity.is_file():
         raise ClusterTestError(f"--identity {identity}: no such private key; give the key whose "
-                               "public half is in cluster.yaml's admin.ssh_authorized_keys")
+                               "public half is in cluster.yaml's admin.ssh_authorized_keys, or "
+                               "leave it out to log in with a certificate of the cluster's user CA")
+    known_hosts = Store.at(inv).path / "known_hosts"
+    if not known_hosts.is_file():
+        raise ClusterTestError(f"{known_hosts}: missing; the images were built without a "
+                               "secrets store? run: pibake secrets init, then build them again")
     started = time.monotonic()
     report = Report(scenario.name)
     lans = {net: LanSpec(free_udp_port()) for net in
@@ -216,7 +238,7 @@ def run_scenario(inv: Inventory, project: Path, scenario: Scenario, *, identity:
         return NodeBoot(host, paths[host], n.mac, lan=lans[n.network])
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pibake-ct-") as tmp:
-        ssh = Ssh(inv.cluster.admin.user, identity, Path(tmp) / "known_hosts")
+        ssh = Ssh(inv.cluster.admin.user, identity or login_key(inv, Path(tmp)), known_hosts)
         echo(f"cluster-test {scenario.name}: booting {', '.join(scenario.hosts)}")
         vms = dict(stack.enter_context(
             boot_group([node(h) for h in scenario.hosts], timeout=boot_timeout)))

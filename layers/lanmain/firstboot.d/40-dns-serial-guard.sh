@@ -1,9 +1,11 @@
 #!/bin/sh
 # pibake: needs-clock
 # On the DNS primary: never publish a serial lower than the secondary's. When
-# an older image is flashed (or the clock was behind at build time), the zone
-# serial is raised to the secondary's + 1, so the secondary transfers this
-# image's zone instead of keeping its newer copy. Waits up to a minute for the
+# an older image is flashed, the zone serial is raised to the secondary's + 1,
+# so the secondary transfers this image's zone instead of keeping its newer
+# copy. The same happens when the serials are equal but the records differ (the
+# serial is the build's commit time: an inventory edited without a commit).
+# Waits up to a minute for the
 # secondary; if it does not answer, the primary's serial (the build time) stands:
 # a fresh pair, or a secondary that is down too.
 set -eu
@@ -16,6 +18,12 @@ serial_of() {  # zone -> the secondary's serial, or nothing
 }
 local_serial() {  # file -> its SOA serial (the line marked "; serial")
     awk '$2 == ";" && $3 == "serial" { print $1; exit }' "$1"
+}
+norm() { awk 'NF && $1 !~ /^;/ && $4 != "TSIG" { $1 = $1; print }' | sort -u; }
+same_records() {  # zone file -> true when the secondary serves exactly this file's records
+    here=$(named-compilezone -q -o - "$1" "$2" 2>/dev/null | norm)
+    there=$(dig +time=2 +tries=1 -k "$LANMAIN_TSIG_KEY" @"$LANMAIN_PEER_IP" "$1" AXFR | norm)
+    [ -n "$here" ] && [ "$here" = "$there" ]
 }
 newer() {  # a b -> true when a is after b in RFC 1982 serial arithmetic
     [ "$1" != "$2" ] && [ $(( ($1 - $2 + 4294967296) % 4294967296 )) -lt 2147483648 ]
@@ -32,7 +40,12 @@ for zone in $LANMAIN_ZONES; do
         [ -n "$remote" ] || { echo "40-dns-serial-guard: waiting for $LANMAIN_PEER_IP (DNS secondary) for $zone"; sleep 5; }
     done
     mine=$(local_serial "$file")
-    if [ -n "$remote" ] && ! newer "$mine" "$remote"; then
+    raise=0
+    if [ -z "$remote" ]; then :
+    elif [ "$mine" = "$remote" ]; then same_records "$zone" "$file" || raise=1
+    elif ! newer "$mine" "$remote"; then raise=1
+    fi
+    if [ "$raise" = 1 ]; then
         next=$(( (remote + 1) % 4294967296 ))
         sed -i "s/^\([[:space:]]*\)$mine ; serial/\1$next ; serial/" "$file"
         echo "40-dns-serial-guard: $zone serial $mine -> $next (secondary has $remote)"

@@ -140,15 +140,15 @@ def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: P
                    f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
         if result.skipped_suites:
             skipped[plan.host] = result.skipped_suites
-    if skipped:
-        log.notice("warning: built without " + "; ".join(
-            f"{h} ({', '.join(s)})" for h, s in skipped.items()) + ": the archive's index was "
-            "broken; see the manifests, and use --strict to make this an error")
     if catalog or (catalog is None and len(plans) > 1):
         from builder.image.catalog import write_catalog
 
         click.echo(f"{write_catalog(plans[0].inventory, out)}  "
                    "(Raspberry Pi Imager: rpi-imager --repo URL)")
+    if skipped:
+        log.notice("warning: built without " + "; ".join(
+            f"{h} ({', '.join(s)})" for h, s in skipped.items()) + ": the archive's index was "
+            "broken; see the manifests, and use --strict to make this an error")
 
 
 @cli.command()

@@ -274,3 +274,34 @@ def test_real_chroot_installs_and_runs(arm64_tree: Path, tmp_path: Path) -> None
     assert sorted(p.name for p in (root / "var/lib/apt/lists").iterdir()) == ["partial"]
     assert list(mounts_under(root)) == []
     assert not (root / "var/log/dpkg.log").exists()
+
+
+def test_shared_archives_lock_makes_a_second_build_wait(tmp_path: Path) -> None:
+    """Two builds sharing the package cache: the second waits for the first
+    instead of apt-get failing on the archives lock."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    cache = tmp_path / "apt"
+    cache.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"f = open({str(cache / '.pibake-apt.lock')!r}, 'a')\n"
+        "fcntl.flock(f, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(1.5)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    chroot = EmulatedChroot(fake_tree(tmp_path), "arm64", apt_cache=cache)
+    entered: list[float] = []
+    start = time.monotonic()
+
+    def second_build() -> None:
+        with chroot._shared_archives():
+            entered.append(time.monotonic() - start)
+
+    worker = threading.Thread(target=second_build)
+    worker.start()
+    worker.join(10)
+    holder.wait()
+    assert entered and entered[0] >= 1.0, entered  # it waited for the holder to let go

@@ -339,6 +339,15 @@ def test_stale_image_is_refused_unless_stale_ok(mini: Path, tmp_path: Path,
     assert not target.exists()
     code, _, err = run_cli([*args, "--stale-ok"], monkeypatch, capsys)
     assert code == 0, err
+    # A rotated host key (its public half in the store) makes the image stale too.
+    _built(mini)
+    store = mini / "secrets/hosts/node-01"
+    store.mkdir(parents=True)
+    (store / "ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAA new\n")
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert (code, err) == (8, f"pibake: error: {mini}/output/node-01.img: stale, built before "
+                              "secrets/hosts/node-01/ssh_host_ed25519_key.pub changed; rebuild "
+                              "it (pibake build node-01) or pass --stale-ok\n")
     (mini / "output/node-01.manifest.json").write_text("{}")  # written by an older pibake
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert (code, err) == (8, f"pibake: error: {mini}/output/node-01.img: its manifest records "

@@ -44,6 +44,8 @@ def test_frontend_alone_runs_its_services(image: tuple[Path, Path], tmp_path: Pa
     port = result.ssh_port
     try:
         assert result.progress[-1] == "done"
+        # ssh() returns "" when it fails: make that visible before the empty-output checks
+        assert ssh(port, key, "hostname") == "compute-01"
         assert ssh(port, key, "sudo systemctl --failed --plain --no-legend") == ""
         for unit in SERVICES:
             assert ssh(port, key, f"systemctl is-active {unit}") == "active", unit

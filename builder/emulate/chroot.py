@@ -8,9 +8,11 @@ ARM programs through binfmt_misc.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -272,13 +274,33 @@ class EmulatedChroot:
         if not missing:
             log.info(f"    apt: {', '.join(packages)} already installed")
             return
-        self.run(["apt-get", *_APT_OPTS, "update"], what="apt-get update in chroot")
-        meter = Meter(Progress(f"apt-get install ({len(missing)} named)"))
-        with ticking(meter.progress):
-            self.run(
-                ["apt-get", *_APT_OPTS, "install", "-y", "--no-install-recommends", *packages],
-                what=f"apt-get install {' '.join(packages)}", on_line=meter.feed,
-            )
+        with self._shared_archives():
+            self.run(["apt-get", *_APT_OPTS, "update"], what="apt-get update in chroot")
+            meter = Meter(Progress(f"apt-get install ({len(missing)} named)"))
+            with ticking(meter.progress):
+                self.run(
+                    ["apt-get", *_APT_OPTS, "install", "-y", "--no-install-recommends",
+                     *packages],
+                    what=f"apt-get install {' '.join(packages)}", on_line=meter.feed,
+                )
+
+    @contextmanager
+    def _shared_archives(self) -> Iterator[None]:
+        """apt-get refuses to start while another holds the archives folder's lock,
+        and builds share that folder (two terminals, make -j): wait our turn."""
+        if self.apt_cache is None:
+            yield
+            return
+        with open(self.apt_cache / ".pibake-apt.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("    apt: another build is using the package cache; waiting for it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def run_hook(self, script: Path, env: dict[str, str]) -> None:
         """Copy ``script`` into the tree, run it there, remove it."""

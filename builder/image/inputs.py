@@ -2,7 +2,8 @@
 
 The manifest records ``inputs`` when the image is built; ``stale_inputs``
 compares them with the inventory as it is now. An image whose cluster file,
-profile, layers or first-boot runner changed since would flash old content.
+profile, layers, first-boot runner or host keys changed since would flash
+old content.
 """
 
 from __future__ import annotations
@@ -37,7 +38,22 @@ def image_inputs(inv: Inventory, host: str) -> dict[str, str]:
     }
     for name in profile.layers:
         inputs[inv.layers[name].shown] = inv.layers[name].content_hash
+    inputs.update(_host_public_keys(inv, host))
     return inputs
+
+
+def _host_public_keys(inv: Inventory, host: str) -> dict[str, str]:
+    """The public halves of the host's keys in the secrets store (host keys and
+    their certificates): a rotated key makes the image stale. Private values
+    are never hashed here; the manifest is readable by anyone."""
+    from builder.content.secrets import store_location
+
+    path, shown = store_location(inv)
+    folder = path / "hosts" / host
+    if not folder.is_dir():
+        return {}
+    return {f"{shown}/hosts/{host}/{p.name}": _file_sha(p)
+            for p in sorted(folder.glob("*.pub"))}
 
 
 def stale_inputs(manifest: Mapping[str, Any], current: Mapping[str, str]) -> list[str]:

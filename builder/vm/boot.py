@@ -406,21 +406,24 @@ def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec | None = None, timeout
                             smp=smp, memory_mib=memory_mib)
             vms[node.host] = stack.enter_context(Vm(spec, powerdown_timeout=0))
         deadline = time.monotonic() + timeout
-        with ThreadPoolExecutor(max_workers=len(vms)) as pool:
-            futures = {host: pool.submit(watch_console, vm, host, deadline - vm.started)
-                       for host, vm in vms.items()}
-            errors = []
-            done: dict[str, GroupVm] = {}
-            for host, fut in futures.items():
-                try:
-                    seconds, progress = fut.result()
-                except BootError as exc:
-                    errors.append(str(exc))
-                    continue
-                vm = vms[host]
-                done[host] = GroupVm(host, vm, BootResult(
-                    host=host, seconds=seconds, progress=progress, ssh_port=vm.spec.ssh_port,
-                    overlay=None, pid=vm.pid, peak_memory_mib=vm.peak_memory_mib()))
+        # the watchers end when their VM does; on Ctrl-C or an error the VMs are
+        # stopped by the stack at once instead of the pool waiting for the deadline
+        pool = ThreadPoolExecutor(max_workers=len(vms))
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        futures = {host: pool.submit(watch_console, vm, host, deadline - vm.started)
+                   for host, vm in vms.items()}
+        errors = []
+        done: dict[str, GroupVm] = {}
+        for host, fut in futures.items():
+            try:
+                seconds, progress = fut.result()
+            except BootError as exc:
+                errors.append(str(exc))
+                continue
+            vm = vms[host]
+            done[host] = GroupVm(host, vm, BootResult(
+                host=host, seconds=seconds, progress=progress, ssh_port=vm.spec.ssh_port,
+                overlay=None, pid=vm.pid, peak_memory_mib=vm.peak_memory_mib()))
         if errors:
             raise BootError(errors[0] + (f" (and {len(errors) - 1} more nodes failed)"
                                          if len(errors) > 1 else ""))

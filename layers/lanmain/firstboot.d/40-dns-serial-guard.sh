@@ -1,13 +1,16 @@
 #!/bin/sh
-# pibake: needs-clock
 # On the DNS primary: never publish a serial lower than the secondary's. When
 # an older image is flashed, the zone serial is raised to the secondary's + 1,
 # so the secondary transfers this image's zone instead of keeping its newer
 # copy. The same happens when the serials are equal but the records differ (the
 # serial is the build's commit time: an inventory edited without a commit).
-# Waits up to a minute for the
-# secondary; if it does not answer, the primary's serial (the build time) stands:
-# a fresh pair, or a secondary that is down too.
+# Waits up to a minute for the secondary; if it does not answer, the primary's
+# serial stands: a fresh pair, or a secondary that is down too.
+# Not marked needs-clock: the primary is the pair's time source when no
+# upstream answers (the secondary syncs to it through chrony's orphan mode),
+# and its own clock was seen not "synchronized" minutes into a QEMU boot of the
+# pair, so the wait could hold its first boot on an offline LAN. TSIG only
+# needs the two clocks to agree within 5 minutes, which the peering gives.
 set -eu
 . "${LANMAIN_ENV:-/etc/pibake/lanmain.env}"
 [ "$LANMAIN_ROLE" = primary ] || { echo "40-dns-serial-guard: secondary, nothing to do"; exit 0; }

@@ -62,9 +62,11 @@ def timed_base(project: Path, host: str) -> tuple[str, float]:
     """The cold base (bootstrap with kernel) alone: (suite/arch, seconds)."""
     from builder.inventory.config import load_inventory
     from builder.pipeline import base_artifact
+    from builder.plan import plan_hosts
 
+    plan = plan_hosts(load_inventory(project), (host,))[0]
     start = time.monotonic()
-    base = base_artifact(load_inventory(project), host)
+    base = base_artifact(plan)
     return f"{base.suite}/{base.arch}", time.monotonic() - start
 
 
@@ -84,9 +86,10 @@ def boot_part(project: Path, out: Path, cache: str | None) -> list[str]:
         os.environ.pop("PIBAKE_CACHE", None)
     else:
         os.environ["PIBAKE_CACHE"] = cache
-    inv = load_inventory(project)
-    for host in BOOT_HOSTS:
-        build_image(inv, host, out)
+    from builder.plan import plan_hosts
+
+    for plan in plan_hosts(load_inventory(project), tuple(BOOT_HOSTS)):
+        build_image(plan, out)
     rows = []
     for host, what in (("bench-01", "minimal, arm64"), ("bench-compute", "compute, arm64"),
                        ("bench-armhf", "minimal, armhf")):
@@ -120,9 +123,10 @@ def flash_part(image: Path, target: Path) -> list[str]:
 def timed_build(project: Path, host: str, out: Path) -> float:
     from builder.inventory.config import load_inventory
     from builder.pipeline import build_image
+    from builder.plan import plan_hosts
 
     start = time.monotonic()
-    build_image(load_inventory(project), host, out)
+    build_image(plan_hosts(load_inventory(project), (host,))[0], out)
     return time.monotonic() - start
 
 

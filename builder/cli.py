@@ -42,20 +42,51 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 
 
 @cli.command()
+@click.option("--inventory-only", is_flag=True,
+              help="Only plan the hosts; skip the host tools and the emulation check.")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Validate every profile, layer and template without touching an image."""
-    from builder.content.checkers import check_rendered
-    from builder.content.render import render_host
+def check(ctx: click.Context, inventory_only: bool) -> None:
+    """Plan every host as a build would (templates, each daemon's checker on its
+    config, host files, first-boot steps, accounts), without touching an image."""
+    from builder.plan import plan_hosts
 
     inv = _inventory(ctx)
-    count = checked = 0
-    for host in inv.profiles:
-        rendered = render_host(inv, host)
-        count += len(rendered)
-        checked += check_rendered(host, rendered)
+    plans = plan_hosts(inv, tuple(inv.profiles))
+    if not inventory_only:
+        from builder.preflight import host_preflight
+
+        for line in host_preflight(plans, everything=True):
+            click.echo(line)
+    count = sum(len(p.rendered) for p in plans)
+    checked = sum(p.daemon_checks for p in plans)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
                f"{count} templates rendered, {checked} configs passed their daemon's checker")
+
+
+def _plans(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, verb: str):  # type: ignore[no-untyped-def]
+    from builder.errors import ConfigError
+    from builder.plan import plan_hosts
+
+    inv = _inventory(ctx)
+    if all_hosts:
+        hosts = tuple(inv.profiles)
+    if not hosts:
+        raise ConfigError(f"pibake {verb}: name a host (e.g. pibake {verb} compute-01) or --all")
+    return plan_hosts(inv, hosts)  # every host is checked before the first build starts
+
+
+@cli.command("plan")
+@click.argument("hosts", nargs=-1)
+@click.option("--all", "all_hosts", is_flag=True, help="Plan every host in the inventory.")
+@click.pass_context
+def plan_cmd(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool) -> None:
+    """Show what building HOST would do: cache keys, hit or miss, layers'
+    packages and hooks, the host's files, the image size."""
+    from builder.plan import describe
+
+    for plan in _plans(ctx, hosts, all_hosts, "plan"):
+        for line in describe(plan):
+            click.echo(line)
 
 
 @cli.command()
@@ -79,6 +110,7 @@ def render(ctx: click.Context, host: str, dest: Path) -> None:
               default=None, help="Output folder (default: <project>/output).")
 @click.option("--compress", "compression", type=click.Choice(["none", "zstd", "xz"]),
               default="none", show_default=True, help="Also write a compressed copy.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (as pibake plan) and stop.")
 @click.option("--catalog/--no-catalog", default=None,
               help="Write output/os_list.json for Raspberry Pi Imager (default: with 2+ hosts).")
 @click.option("--strict", is_flag=True,
@@ -86,34 +118,33 @@ def render(ctx: click.Context, host: str, dest: Path) -> None:
                    "the archive serves broken (for CI and release builds).")
 @click.pass_context
 def build(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, output: Path | None,
-          compression: str, catalog: bool | None, strict: bool) -> None:
+          compression: str, dry_run: bool, catalog: bool | None, strict: bool) -> None:
     """Build output/HOST.img (+ .sha256, .bmap, .manifest.json) for each HOST."""
-    from builder.errors import ConfigError
     from builder.image.outputs import Compression
     from builder.inventory.bases import support_notices
     from builder.pipeline import build_image
+    from builder.preflight import host_preflight
 
-    inv = _inventory(ctx)
-    if all_hosts:
-        hosts = tuple(inv.profiles)
-    if not hosts:
-        raise ConfigError("pibake build: name a host (e.g. pibake build compute-01) or --all")
-    for host in hosts:
-        inv.profile(host)  # every name is checked before the first build starts
+    plans = _plans(ctx, hosts, all_hosts, "build")
+    if dry_run:
+        ctx.invoke(plan_cmd, hosts=tuple(p.host for p in plans))
+        return
+    host_preflight(plans, compression=compression)
     out = output or _project(ctx) / "output"
-    for line in support_notices(inv, hosts):
+    for line in support_notices(plans[0].inventory, tuple(p.host for p in plans)):
         log.notice(line)
     skipped: dict[str, tuple[str, ...]] = {}
-    for host in hosts:
-        result = build_image(inv, host, out, Compression(compression), strict)
+    for plan in plans:
+        result = build_image(plan, out, Compression(compression), strict)
         click.echo(f"{result.image}  sha256 {result.sha256[:16]}…  "
                    f"{result.seconds:.1f}s{' (role cached)' if result.role_cached else ''}")
         if result.skipped_suites:
-            skipped[host] = result.skipped_suites
-    if catalog or (catalog is None and len(hosts) > 1):
+            skipped[plan.host] = result.skipped_suites
+    if catalog or (catalog is None and len(plans) > 1):
         from builder.image.catalog import write_catalog
 
-        click.echo(f"{write_catalog(inv, out)}  (Raspberry Pi Imager: rpi-imager --repo URL)")
+        click.echo(f"{write_catalog(plans[0].inventory, out)}  "
+                   "(Raspberry Pi Imager: rpi-imager --repo URL)")
     if skipped:
         log.notice("warning: built without " + "; ".join(
             f"{h} ({', '.join(s)})" for h, s in skipped.items()) + ": the archive's index was "
@@ -191,6 +222,42 @@ def _boot_group(ctx: click.Context, hosts: tuple[str, ...], macs: dict[str, str 
             peak = f", qemu peak memory {res.peak_memory_mib:.0f} MiB" \
                 if res.peak_memory_mib else ""
             click.echo(f"{host}: first boot done in {res.seconds:.1f}s{peak}")
+
+
+@cli.group("cache", invoke_without_command=True)
+@click.pass_context
+def cache_cmd(ctx: click.Context) -> None:
+    """List the build cache's entries (kind, key, size, last use)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from builder import cache
+
+    listed = cache.entries()
+    for e in listed:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_use))
+        click.echo(f"{e.kind:8} {e.key[:16]}  {e.size / (1 << 20):8.1f} MiB  {used}")
+    total = sum(e.size for e in listed)
+    click.echo(f"{len(listed)} entries, {total / (1 << 20):.1f} MiB in {cache.cache_dir()}")
+
+
+@cache_cmd.command("prune")
+@click.pass_context
+def cache_prune(ctx: click.Context) -> None:
+    """Remove the bases, roles and downloads no host of the inventory uses."""
+    from builder import cache
+    from builder.plan import plan_hosts
+
+    inv = _inventory(ctx)
+    keep: set[str] = set()
+    for plan in plan_hosts(inv, tuple(inv.profiles)):
+        keep |= {plan.base_key, plan.role_key, plan.base.sha256 or ""}
+    removed = cache.prune(keep)
+    for e in removed:
+        click.echo(f"removed {e.kind:8} {e.key[:16]}  {e.size / (1 << 20):8.1f} MiB")
+    click.echo(f"{len(removed)} entries removed, "
+               f"{sum(e.size for e in removed) / (1 << 20):.1f} MiB freed")
 
 
 @cli.command("cluster-test")

@@ -48,7 +48,7 @@ def make_mini_project(root: Path, model: str = "pi3") -> Path:
         write(root / f"profiles/{host}.yaml", "base: debian-bookworm\nlayers: [base, web]\n")
     shutil.copytree(REPO / "layers/base", root / "layers/base", symlinks=True)
     web = root / "layers/web"
-    write(web / "layer.yaml", "description: demo role\nrequires: [base]\n")
+    write(web / "layer.yaml", "description: demo role\nrequires: [base]\nhook_vars: [web_port]\n")
     write(web / "defaults.yaml", WEB_DEFAULTS)
     write(web / "templates/etc/web/page.txt.j2",
           "# {{ pibake_managed }}\n{{ web_greeting }} from {{ host.name }} "

@@ -513,6 +513,19 @@ def test_assemble_disk_aligns_the_root_partition(
     assert disk.stat().st_mode & 0o777 == 0o600
 
 
+def test_read_disk_reads_what_assemble_disk_wrote(root_img: Path, boot_img: Path,
+                                                  tmp_path: Path) -> None:
+    from builder.image.assemble import list_vfat, read_disk
+
+    disk = tmp_path / "d.img"
+    written = assemble_disk(disk, boot=boot_img, root=root_img, disk_id=0xBEEF,
+                            boot_entries=[Entry(path="/cmdline.txt", kind="file", data=b"x\n")])
+    read = read_disk(disk)
+    assert read == written and read.disk_id == 0xBEEF
+    assert partuuid(read.disk_id, 2) == "0000beef-02"
+    assert "cmdline.txt" in list_vfat(disk, offset=read.boot_start)
+
+
 def test_assemble_disk_failure_leaves_no_file(
     root_img: Path, boot_img: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

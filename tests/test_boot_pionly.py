@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from builder.cache import sha256_file
+from builder.content.hostlayer import FIRSTBOOT_DIR
 from builder.errors import BootError
 from builder.vm import boot
 from builder.vm.boot import boot_image
 from builder.vm.kernels import build_kit, wanted
 from builder.vm.qemu import Arch
-from tests.conftest import make_mini_project, write
-from tests.vm import build
+from tests.conftest import write
+from tests.vm import build, keyed_project, ssh, stop
 
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
@@ -140,18 +141,25 @@ def test_userland_arch_refuses_a_non_arm_user_space(tmp_path: Path) -> None:
 
 @pytest.mark.boot
 def test_pi1_image_boots_on_virt_with_the_armmp_kit(tmp_path: Path) -> None:
-    project = make_mini_project(tmp_path / "proj", model="pi1")
+    project, key = keyed_project(tmp_path, model="pi1")
     build(project, "node-01")
     image = project / "output/node-01.img"
-    names = boot.list_fat(image, boot.boot_partition(image, boot.disk_layout(image)))
+    names = boot.list_fat(image, boot.disk_layout(image))
     assert boot.pick_kernel(image, names) is None  # only the rpi flavour is there
     before = sha256_file(image)
 
-    result = boot_image(image, host="node-01", timeout=900)
-
-    assert result.progress[-1] == "done"
+    result = boot_image(image, host="node-01", timeout=900, keep=True)
+    try:
+        steps = [f"{p.stem} ok" for p in sorted(FIRSTBOOT_DIR.glob("steps/*.sh"))]
+        assert result.progress == [*steps, "done"], result.progress
+        port = result.ssh_port
+        assert ssh(port, key, "hostname") == "node-01"
+        assert ssh(port, key, "uname -r").endswith("-armmp")       # the kit's kernel
+        assert ssh(port, key, "dpkg --print-architecture") == "armel"
+        assert ssh(port, key, "sudo systemctl --failed --plain --no-legend") == ""
+    finally:
+        stop(result.pid, result.ssh_port, key)
     assert sha256_file(image) == before
-    assert result.overlay is None
 
 
 @pytest.mark.integration

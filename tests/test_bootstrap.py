@@ -72,11 +72,11 @@ def os_release(tmp_path: Path, codename: str = "bookworm") -> Path:
 
 def test_pi_families_follow_debians_raspi_images() -> None:
     assert {m: tuple(f) for m, f in PI_FAMILIES.items()} == {
-        "pi0": ("armel", "linux-image-rpi"),
-        "pi1": ("armel", "linux-image-rpi"),
-        "pi2": ("armhf", "linux-image-armmp"),
-        "pi3": ("arm64", "linux-image-arm64"),
-        "pi4": ("arm64", "linux-image-arm64"),
+        "pi0": ("armel", "linux-image-rpi", "ttyAMA0"),
+        "pi1": ("armel", "linux-image-rpi", "ttyAMA0"),
+        "pi2": ("armhf", "linux-image-armmp", "ttyAMA0"),
+        "pi3": ("arm64", "linux-image-arm64", "ttyS1"),
+        "pi4": ("arm64", "linux-image-arm64", "ttyS1"),
     }
     assert spec_for("pi3") == BootstrapSpec("bookworm", "arm64", "linux-image-arm64", ())
 

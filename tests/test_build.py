@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from builder.cache import sha256_file
 from builder.content.identity import machine_id
 from builder.content.secrets import Store
 from builder.image.assemble import read_ext4, read_vfat
 from builder.inventory.config import load_inventory
+from builder.run import default_signals
 from tests.conftest import make_mini_project, write
 
 pytestmark = pytest.mark.integration
@@ -185,26 +187,43 @@ def test_disk_full_leaves_nothing(built: dict[str, object], tmp_path: Path) -> N
 def test_interrupt_mid_role_build(built: dict[str, object]) -> None:
     project = built["project"]
     assert isinstance(project, Path)
-    hook = write(project / "layers/web/hooks.d/20-slow.sh", "#!/bin/sh\nsleep 120\n", 0o755)
-    before = (project / "output/node-01.img").read_bytes()[:1 << 20]
+    # A hook unique to this run: its role is never in the cache (an earlier run
+    # that was not interrupted would have left a finished one there).
+    seconds = 100000 + time.time_ns() % 100000     # also tells its sleep from others'
+    hook = write(project / "layers/web/hooks.d/20-slow.sh", f"#!/bin/sh\nsleep {seconds}\n",
+                 0o755)
+    before = sha256_file(project / "output/node-01.img")
+    # SIGINT at its default in the child even when this suite runs as a
+    # background job (where the shell starts it ignored, and pibake would inherit that).
     proc = subprocess.Popen([*PIBAKE, "-C", str(project), "build", "node-01"],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_signals)
     assert proc.stderr is not None
     seen = ""
-    deadline = time.monotonic() + 900
-    while "==> layer web" not in seen and time.monotonic() < deadline:
-        seen += proc.stderr.readline()
+    while "==> layer web" not in seen:
+        line = proc.stderr.readline()
+        assert line, f"pibake ended before the web layer's hooks ran: {seen}"
+        seen += line
     time.sleep(3)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, seen + err
     assert "Traceback" not in err
-    left = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
-    assert left.stdout == "", "the hook's process survived Ctrl-C"
+    assert not _still_running(f"sleep {seconds}$"), "the hook's process survived Ctrl-C"
     mounts = Path("/proc/mounts").read_text()
-    assert str(project) not in mounts and ".role.tmp-" not in mounts
-    assert (project / "output/node-01.img").read_bytes()[:1 << 20] == before
+    assert str(project) not in mounts and f".role.tmp-{proc.pid}-" not in mounts
+    assert sha256_file(project / "output/node-01.img") == before   # every byte kept
     hook.unlink()
     again = pibake(project, "build", "node-01")
     assert again.returncode == 0, again.stderr
+
+
+def _still_running(pattern: str, grace: float = 10) -> bool:
+    """Whether a process matching ``pattern`` outlives a short grace period
+    (the group is killed with SIGTERM; an emulated process takes a moment)."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0:
+            return False
+        time.sleep(0.5)
+    return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from builder.errors import BuildError, PreflightError
@@ -38,3 +41,42 @@ def test_missing_program() -> None:
         which("pibake-no-such-tool", "some-package")
     assert str(err.value) == ("'pibake-no-such-tool' not found; install it: "
                               "apt-get install some-package")
+
+
+def test_timeout_stops_the_child_and_says_so() -> None:
+    start = time.monotonic()
+    with pytest.raises(BuildError) as err:
+        run(["sh", "-c", "sleep 30"], what="slow", timeout=0.5)
+    assert str(err.value) == "slow did not finish in 0.5 s; stopped it"
+    assert time.monotonic() - start < 10
+
+
+def test_no_raise_mode_returns_the_exit_status() -> None:
+    done = run(["sh", "-c", "echo out; echo err >&2; exit 4"], capture=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (4, b"out\n", b"err\n")
+
+
+def test_lines_stream_as_they_come() -> None:
+    seen: list[tuple[str, float]] = []
+    start = time.monotonic()
+    run(["sh", "-c", "echo one; sleep 1; echo two >&2"],
+        on_line=lambda line: seen.append((line, time.monotonic() - start)))
+    assert [line for line, _ in seen] == ["one", "two"]
+    assert seen[0][1] < 0.9 <= seen[1][1]                 # "one" arrived before the sleep
+
+
+def test_streamed_failure_keeps_the_telling_lines() -> None:
+    with pytest.raises(BuildError) as err:
+        run(["sh", "-c", "echo working; echo 'E: broken' >&2; exit 2"], what="apt",
+            on_line=lambda line: None, timeout=30)
+    assert str(err.value) == "apt failed (exit 2): E: broken"
+
+
+def test_child_gets_sigint_at_default_even_when_pibake_ignores_it() -> None:
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done = run(["sh", "-c", "grep SigIgn /proc/self/status"], capture=True)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    ignored = int(done.stdout.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1))

@@ -18,6 +18,13 @@ from builder.inventory.config import load_inventory
 from tests.conftest import write
 from tests.test_config import run_cli
 
+
+def identity(inv, host, facts):  # type: ignore[no-untyped-def]
+    """host_identity() of the host's plan, as the host stage calls it."""
+    from builder.plan import plan_hosts
+
+    return host_identity(plan_hosts(inv, (host,))[0], facts)
+
 FACTS = RoleFacts(passwd="admin:x:1000:1000::/home/admin:/bin/bash\n", cmdline="",
                   dhcpcd_conf="")
 
@@ -184,7 +191,7 @@ def test_a_bad_store_is_one_line_and_exit_7(proj: Path, capsys: pytest.CaptureFi
     errors = set()
     for host in ("node-01", "node-02"):
         try:
-            host_identity(load_inventory(proj), host, FACTS)
+            identity(load_inventory(proj), host, FACTS)
         except SecretsError as exc:
             errors.add(str(exc))
     assert expected in errors                  # a build of the host that needs it stops alike
@@ -307,8 +314,8 @@ def _files(delta_root: tuple) -> dict[str, bytes]:  # type: ignore[type-arg]
 def test_each_host_gets_only_its_own_identity_and_its_layers_secrets(
         proj: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inv = load_inventory(proj)
-    d1, names1, private1 = host_identity(inv, "node-01", FACTS)
-    d2, names2, private2 = host_identity(inv, "node-02", FACTS)
+    d1, names1, private1 = identity(inv, "node-01", FACTS)
+    d2, names2, private2 = identity(inv, "node-02", FACTS)
     s = proj / "secrets"
     f1, f2 = _files(d1.root), _files(d2.root)
     own = (s / "hosts/node-01/ssh_host_ed25519_key").read_bytes()
@@ -345,9 +352,9 @@ def test_machine_id_comes_from_the_host_secret(proj: Path) -> None:
     inv = load_inventory(proj)
     ids = {}
     for host in ("node-01", "node-02"):
-        delta, _, _ = host_identity(inv, host, FACTS)
+        delta, _, _ = identity(inv, host, FACTS)
         ids[host] = _files(delta.root)["/etc/machine-id"].decode().strip()
-        again, _, _ = host_identity(load_inventory(proj), host, FACTS)
+        again, _, _ = identity(load_inventory(proj), host, FACTS)
         assert _files(again.root)["/etc/machine-id"].decode().strip() == ids[host]  # stable
         assert ids[host] != name_machine_id("mini", host)       # not derivable from names
         assert len(ids[host]) == 32 and ids[host][12] == "4"
@@ -355,7 +362,7 @@ def test_machine_id_comes_from_the_host_secret(proj: Path) -> None:
     links = {e.path: e.target for e in delta.root if e.kind == "symlink"}
     assert links["/var/lib/dbus/machine-id"] == "/etc/machine-id"   # not dbus's role-wide copy
     Store.at(inv).rotate("node-01/host_secret")
-    delta, _, _ = host_identity(load_inventory(proj), "node-01", FACTS)
+    delta, _, _ = identity(load_inventory(proj), "node-01", FACTS)
     assert _files(delta.root)["/etc/machine-id"].decode().strip() != ids["node-01"]
 
 
@@ -366,7 +373,7 @@ def test_a_template_with_a_secret_may_not_go_to_the_boot_partition(
     yaml.write_text(yaml.read_text().replace('modes:\n', 'modes:\n  /boot/firmware/creds.txt: '
                                              '"0600"\n'))
     with pytest.raises(Exception) as caught:
-        host_identity(load_inventory(proj), "node-02", FACTS)
+        identity(load_inventory(proj), "node-02", FACTS)
     assert str(caught.value) == (
         "layers/vault/templates/boot/firmware/creds.txt.j2: reads secret 'vault_password' but "
         "goes to the boot partition (FAT: readable by anyone with the card); move it under /etc")
@@ -407,7 +414,7 @@ def test_a_new_address_gets_a_new_certificate_for_the_same_key(
     cluster = proj / "profiles/cluster.yaml"
     cluster.write_text(cluster.read_text().replace("192.168.77.15", "192.168.77.25"))
     capsys.readouterr()
-    host_identity(load_inventory(proj), "node-01", FACTS)
+    identity(load_inventory(proj), "node-01", FACTS)
     assert (s / "ssh_host_ed25519_key").read_bytes() == key and cert.read_bytes() != old_cert
     listed = subprocess.run(["ssh-keygen", "-L", "-f", cert], capture_output=True, text=True,
                             check=True).stdout

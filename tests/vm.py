@@ -13,11 +13,11 @@ from builder.vm.boot import ssh_argv
 from tests.conftest import make_mini_project
 
 
-def keyed_project(root: Path) -> tuple[Path, Path]:
+def keyed_project(root: Path, model: str = "pi3") -> tuple[Path, Path]:
     """The mini project with a fresh SSH key as the admin's: (project, private key)."""
     key = root / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    project = make_mini_project(root / "proj")
+    project = make_mini_project(root / "proj", model=model)
     cluster = project / "profiles/cluster.yaml"
     pub = key.with_suffix(".pub").read_text().strip()
     cluster.write_text(cluster.read_text().replace("ssh_authorized_keys: []",

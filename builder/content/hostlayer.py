@@ -15,15 +15,21 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from builder.content.render import Rendered, render_host
-from builder.content.secrets import SecretSource
-from builder.errors import ConfigError
+import jinja2
+
+from builder.content.render import Rendered, strict_env
+from builder.emulate.bootstrap import PI_FAMILIES
+from builder.errors import BuildError, ConfigError
 from builder.image.assemble import Entry, partuuid
-from builder.inventory.bases import Base, Model
-from builder.inventory.config import Inventory
+from builder.inventory.layers import resolve_owner
+
+if TYPE_CHECKING:
+    from builder.plan import HostPlan
 
 FIRSTBOOT_DIR = Path(__file__).resolve().parents[2] / "firstboot"
+HOSTFILES_DIR = Path(__file__).resolve().parent / "hostfiles"  # the host files' templates
 STEPS_DEST = "/usr/local/lib/pibake/firstboot.d"
 STATUS_FILE = "pibake-firstboot.txt"
 # The boot partition is mounted on first use, so booting never waits for its
@@ -33,11 +39,6 @@ BOOT_MOUNT_OPTIONS = "defaults,x-systemd.automount"
 # The runner, and the unit that creates SSH host keys before sshd first starts.
 UNITS = ("pibake-firstboot.service", "pibake-ssh-host-keys.service")
 
-# Serial console per Pi family with Debian's kernels and upstream device trees.
-SERIAL_CONSOLE = {
-    Model.pi0: "ttyAMA0", Model.pi1: "ttyAMA0", Model.pi2: "ttyAMA0",
-    Model.pi3: "ttyS1", Model.pi4: "ttyS1",
-}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class RoleFacts:
     passwd: str            # /etc/passwd of the role image
     cmdline: str           # the base's own cmdline.txt ("" when it has none)
     dhcpcd_conf: str       # /etc/dhcpcd.conf of the role image ("" when absent)
+    group: str = ""        # /etc/group of the role image
+    standin: bool = False  # planning without a role: accounts made by packages are unknown
 
 
 @dataclass(frozen=True)
@@ -95,39 +98,57 @@ def _user_ids(passwd: str, user: str) -> tuple[int, int, str]:
                       "exist in the image; select the base layer, which creates it")
 
 
-def hosts_file(inv: Inventory, host: str) -> str:
-    dom = inv.cluster.domain
-    lines = [
-        "# managed by pibake, host layer: every node of the cluster",
-        "127.0.0.1\tlocalhost",
-        f"127.0.1.1\t{host}.{dom}\t{host}",
-        "::1\t\tlocalhost ip6-localhost ip6-loopback",
-        "ff02::1\t\tip6-allnodes",
-        "ff02::2\t\tip6-allrouters",
-        "",
-    ]
-    lines += [f"{n.ip}\t{n.name}.{dom}\t{n.name}" for n in inv.cluster.nodes.values()
-              if n.name != host]
-    return "\n".join(lines) + "\n"
+def standin_facts(plan: HostPlan) -> RoleFacts:
+    """Role facts for planning and review, before any role exists: the admin
+    account as the base layer creates it, no base cmdline, no dhcpcd.conf."""
+    user = plan.cluster.admin.user
+    return RoleFacts(passwd=(f"root:x:0:0::/root:/bin/sh\n"
+                             f"{user}:x:1000:1000::/home/{user}:/bin/bash\n"),
+                     cmdline="", dhcpcd_conf="", group=f"root:x:0:\n{user}:x:1000:\n",
+                     standin=True)
 
 
-def network_entries(inv: Inventory, host: str, base: Base, facts: RoleFacts) -> list[Entry]:
-    node = inv.node(host)
-    net = inv.network(host)
-    addr = f"{node.ip}/{net.cidr.prefixlen}"
-    dns = [str(d) for d in net.dns]
-    resolv = "# managed by pibake, host layer\n" + f"search {inv.cluster.domain}\n" + "".join(
-        f"nameserver {d}\n" for d in dns)
-    entries = [_file("/etc/resolv.conf", resolv)]
-    if base.network == "networkd":
-        match = f"MACAddress={node.mac}" if node.mac else "Name=eth0"
+def _render(name: str, values: dict[str, Any]) -> str:
+    """A built-in host file template (``hostfiles/NAME.j2``), strictly rendered."""
+    global _templates
+    if _templates is None:
+        _templates = strict_env(HOSTFILES_DIR, trim_blocks=True, lstrip_blocks=True)
+    try:
+        return _templates.get_template(f"{name}.j2").render(values)
+    except jinja2.TemplateError as exc:  # a bug in pibake, not in the inventory
+        raise BuildError(f"builder/content/hostfiles/{name}.j2: {exc}") from None
+
+
+_templates: jinja2.Environment | None = None
+
+
+def host_values(plan: HostPlan, disk: int) -> dict[str, Any]:
+    """What the built-in host file templates see."""
+    node, net = plan.node, plan.network
+    return {
+        "host": plan.host,
+        "domain": plan.cluster.domain,
+        "nodes": [{"name": n.name, "ip": str(n.ip)} for n in plan.cluster.nodes.values()],
+        "mac": node.mac,
+        "address": f"{node.ip}/{net.cidr.prefixlen}",
+        "gateway": str(net.gateway),
+        "dns": [str(d) for d in net.dns],
+        "root_partuuid": partuuid(disk, 2),
+        "boot_partuuid": partuuid(disk, 1),
+        "boot_mount": plan.base.boot_mount,
+        "boot_mount_options": BOOT_MOUNT_OPTIONS,
+        "machine_id": machine_id(plan.cluster.name, plan.host),
+        "console": PI_FAMILIES[str(node.model)].console,
+        "status_file": STATUS_FILE,
+    }
+
+
+def network_entries(plan: HostPlan, facts: RoleFacts, values: dict[str, Any]) -> list[Entry]:
+    entries = [_file("/etc/resolv.conf", _render("resolv.conf", values))]
+    if plan.base.network == "networkd":
         entries += [
             _file("/etc/systemd/network/10-pibake-lan.network",
-                  "# managed by pibake, host layer\n"
-                  f"[Match]\n{match}\n\n"
-                  f"[Network]\nAddress={addr}\nGateway={net.gateway}\n"
-                  + "".join(f"DNS={d}\n" for d in dns)
-                  + f"Domains={inv.cluster.domain}\n"),
+                  _render("10-pibake-lan.network", values)),
             _link("/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
                   "/lib/systemd/system/systemd-networkd.service"),
             _link("/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
@@ -141,60 +162,35 @@ def network_entries(inv: Inventory, host: str, base: Base, facts: RoleFacts) -> 
             _link("/etc/systemd/system/sysinit.target.wants/systemd-network-generator.service",
                   "/lib/systemd/system/systemd-network-generator.service"),
         ]
-    elif base.network == "dhcpcd":
+    elif plan.base.network == "dhcpcd":
         kept = re.sub(r"\n# BEGIN pibake.*?# END pibake\n", "\n", facts.dhcpcd_conf, flags=re.S)
-        block = (f"# BEGIN pibake (managed by pibake, host layer)\ninterface eth0\n"
-                 f"static ip_address={addr}\nstatic routers={net.gateway}\n"
-                 f"static domain_name_servers={' '.join(dns)}\n"
-                 f"static domain_search={inv.cluster.domain}\n# END pibake\n")
-        entries.append(_file("/etc/dhcpcd.conf", kept.rstrip("\n") + "\n\n" + block))
-    elif base.network == "networkmanager":
-        match = f"mac-address={node.mac}\n" if node.mac else "interface-name=eth0\n"
-        entries.append(_file(
-            "/etc/NetworkManager/system-connections/pibake-lan.nmconnection",
-            "# managed by pibake, host layer\n[connection]\nid=pibake-lan\ntype=ethernet\n"
-            + ("" if node.mac else "interface-name=eth0\n")
-            + "autoconnect=true\n\n[ethernet]\n" + (match if node.mac else "")
-            + f"\n[ipv4]\nmethod=manual\naddress1={addr},{net.gateway}\n"
-            f"dns={';'.join(dns)};\ndns-search={inv.cluster.domain};\n\n[ipv6]\nmethod=ignore\n",
-            mode=0o600))
+        entries.append(_file("/etc/dhcpcd.conf", kept.rstrip("\n") + "\n\n"
+                             + _render("dhcpcd.block", values)))
+    elif plan.base.network == "networkmanager":
+        entries.append(_file("/etc/NetworkManager/system-connections/pibake-lan.nmconnection",
+                             _render("pibake-lan.nmconnection", values), mode=0o600))
     return entries
 
 
-def cmdline_for(inv: Inventory, host: str, base: Base, facts: RoleFacts, disk: int) -> str:
-    root = f"root=PARTUUID={partuuid(disk, 2)}"
-    if facts.cmdline.strip():
-        words = [w for w in facts.cmdline.split()
-                 if not w.startswith(("root=", "init=/usr/lib/raspi-config/init_resize"))]
-        words.insert(0, root)
-        return " ".join(words) + "\n"
-    console = SERIAL_CONSOLE[inv.node(host).model]
-    return (f"console=tty0 console={console},115200 {root} rw fsck.repair=yes "
-            "net.ifnames=0 rootwait\n")
+def cmdline_for(plan: HostPlan, facts: RoleFacts, disk: int) -> str:
+    """The base's own command line with root= by PARTUUID (and the one-time
+    resize dropped: the runner grows the card), or pibake's own."""
+    words = [w for w in facts.cmdline.split()
+             if not w.startswith(("root=", "init=/usr/lib/raspi-config/init_resize"))]
+    return _render("cmdline.txt", {**host_values(plan, disk),
+                                   "base_cmdline": words if facts.cmdline.strip() else []})
 
 
-def firstboot_entries(inv: Inventory, host: str, base: Base) -> list[Entry]:
-    steps: dict[str, tuple[Path, str]] = {}
-    for src in sorted((FIRSTBOOT_DIR / "steps").glob("*.sh")):
-        steps[src.name] = (src, "firstboot/steps")
-    for name in inv.profile(host).layers:
-        layer = inv.layers[name]
-        for src in layer.firstboot:
-            if src.name in steps:
-                raise ConfigError(
-                    f"{layer.shown}/firstboot.d/{src.name}: a step with this name already comes "
-                    f"from {steps[src.name][1]}; rename it (step names are unique per image)")
-            steps[src.name] = (src, f"{layer.shown}/firstboot.d")
-    env = (f"# managed by pibake, host layer\nPIBAKE_HOST={host}\n"
-           f"PIBAKE_BOOT_DIR={base.boot_mount}\nPIBAKE_STATUS_FILE={STATUS_FILE}\n")
+def firstboot_entries(plan: HostPlan) -> list[Entry]:
+    env = _render("firstboot.env", host_values(plan, disk_id(plan.cluster.name, plan.host)))
     entries = [
         _file("/usr/local/sbin/pibake-firstboot",
               (FIRSTBOOT_DIR / "pibake-firstboot").read_text(), 0o755),
         _file("/etc/pibake/firstboot.env", env),
         Entry(path=STEPS_DEST, kind="dir", mode=0o755),
     ]
-    entries += [_file(f"{STEPS_DEST}/{name}", src.read_text(), 0o755)
-                for name, (src, _) in sorted(steps.items())]
+    entries += [_file(f"{STEPS_DEST}/{step.name}", step.src.read_text(), 0o755)
+                for step in plan.steps]
     for unit in UNITS:
         entries += [
             _file(f"/etc/systemd/system/{unit}", (FIRSTBOOT_DIR / unit).read_text()),
@@ -204,59 +200,66 @@ def firstboot_entries(inv: Inventory, host: str, base: Base) -> list[Entry]:
     return entries
 
 
-def host_delta(inv: Inventory, host: str, facts: RoleFacts,
-               secrets: SecretSource | None = None) -> HostDelta:
-    profile = inv.profile(host)
-    base = profile.base
-    disk = disk_id(inv.cluster.name, host)
-    rendered = render_host(inv, host, secrets)
+def host_delta(plan: HostPlan, facts: RoleFacts,
+               rendered: tuple[Rendered, ...] | None = None) -> HostDelta:
+    """The host's files; ``rendered``: the layer templates rendered with the
+    secrets store (the host stage), else the plan's (stand-ins for secrets)."""
+    host = plan.host
+    base = plan.base
+    cluster = plan.cluster
+    disk = disk_id(cluster.name, host)
+    rendered = plan.rendered if rendered is None else rendered
     boot_prefix = base.boot_mount.rstrip("/") + "/"
     root: list[Entry] = []
     boot: list[Entry] = []
     for r in rendered:
-        entry = Entry(path=r.dest, kind="file", data=r.data, mode=r.mode)
+        uid, gid = _owner_ids(r, facts)
+        entry = Entry(path=r.dest, kind="file", data=r.data, mode=r.mode, uid=uid, gid=gid)
         if r.dest.startswith(boot_prefix):
             boot.append(Entry(path="/" + r.dest[len(boot_prefix):], kind="file", data=r.data))
         else:
             root.append(entry)
 
-    fstab = (
-        "# managed by pibake, host layer\n"
-        f"PARTUUID={partuuid(disk, 2)}\t/\text4\tdefaults,noatime\t0\t1\n"
-        f"PARTUUID={partuuid(disk, 1)}\t{base.boot_mount}\tvfat\t{BOOT_MOUNT_OPTIONS}\t0\t2\n"
-    )
+    values = host_values(plan, disk)
     root += [
-        _file("/etc/hostname", host + "\n"),
-        _file("/etc/hosts", hosts_file(inv, host)),
-        _file("/etc/fstab", fstab),
-        _file("/etc/machine-id", machine_id(inv.cluster.name, host) + "\n", 0o444),
+        _file("/etc/hostname", _render("hostname", values)),
+        _file("/etc/hosts", _render("hosts", values)),
+        _file("/etc/fstab", _render("fstab", values)),
+        _file("/etc/machine-id", _render("machine-id", values), 0o444),
         # systemd-firstboot prompts on the console when it runs; the image must
         # never wait for a human, whatever a base or layer did to machine-id.
         _link("/etc/systemd/system/systemd-firstboot.service", "/dev/null"),
     ]
-    root += network_entries(inv, host, base, facts)
+    root += network_entries(plan, facts, values)
     if base.name == "debian-bookworm":
         # raspi-firmware regenerates cmdline.txt on kernel upgrades from this file.
-        console = SERIAL_CONSOLE[inv.node(host).model]
-        root.append(_file("/etc/default/raspi-firmware",
-                          "# managed by pibake, host layer\n"
-                          f"ROOTPART=PARTUUID={partuuid(disk, 2)}\n"
-                          f"CONSOLES=\"tty0 {console},115200\"\n"))
-    user = inv.cluster.admin.user
+        root.append(_file("/etc/default/raspi-firmware", _render("raspi-firmware", values)))
+    user = cluster.admin.user
     uid, gid, home = _user_ids(facts.passwd, user)
-    keys = "".join(k + "\n" for k in inv.cluster.admin.ssh_authorized_keys)
+    keys = "".join(k + "\n" for k in cluster.admin.ssh_authorized_keys)
     root += [
         Entry(path=posixpath.join(home, ".ssh"), kind="dir", mode=0o700, uid=uid, gid=gid),
         _file(posixpath.join(home, ".ssh/authorized_keys"), keys, 0o600, uid, gid),
     ]
-    root += firstboot_entries(inv, host, base)
+    root += firstboot_entries(plan)
     root.append(_file("/etc/pibake/host.json", json.dumps(
-        {"host": host, "cluster": inv.cluster.name, "layers": list(profile.layers),
+        {"host": host, "cluster": cluster.name, "layers": list(plan.layer_names),
          "base": base.name}, indent=2, sort_keys=True) + "\n"))
-    boot.append(_file("/cmdline.txt", cmdline_for(inv, host, base, facts, disk)))
+    boot.append(_file("/cmdline.txt", cmdline_for(plan, facts, disk)))
     # The host's identity files win over a layer template of the same path.
     return HostDelta(root=tuple(_dedupe(root)), boot=tuple(_dedupe(boot)),
                      rendered=tuple(rendered))
+
+
+def _owner_ids(r: Rendered, facts: RoleFacts) -> tuple[int, int]:
+    ids = resolve_owner(r.owner, facts.passwd, facts.group)
+    if ids is not None:
+        return ids
+    if facts.standin:
+        return 0, 0  # the account may come with a package; the build resolves it
+    layer_yaml = r.source.split("/templates/", 1)[0] + "/layer.yaml"
+    raise BuildError(f"{layer_yaml}: owners.{r.dest}: {r.owner!r} is not an account of the "
+                     "image; create it in a hook or install the package that does")
 
 
 def _dedupe(entries: list[Entry]) -> list[Entry]:

@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from builder.content.hostlayer import HostDelta, RoleFacts, host_delta
+from builder.content.render import render_host
 from builder.content.secrets import Store, key_types
 from builder.errors import ConfigError
 from builder.image.assemble import Entry
-from builder.inventory.config import Inventory
+from builder.plan import HostPlan
 
 CA_DIR = "/etc/pibake/ca"            # only in the images of the CAs' holders (the deployer)
 USER_CA = "/etc/ssh/pibake_user_ca.pub"
@@ -37,19 +38,19 @@ def _file(path: str, text: str, mode: int) -> Entry:
     return Entry(path=path, kind="file", data=text.encode(), mode=mode)
 
 
-def host_identity(inv: Inventory, host: str, facts: RoleFacts
-                  ) -> tuple[HostDelta, list[str], set[str]]:
+def host_identity(plan: HostPlan, facts: RoleFacts) -> tuple[HostDelta, list[str], set[str]]:
     """The host's delta with its secrets: templates read the store, and the
     identity files are added (they win over the same path from elsewhere).
     Also the secret names the image carries, and the paths in the image whose
     contents are secret (kept out of the manifest, even as hashes). The store
     is created, and what this host needs is generated, on first use."""
+    inv, host = plan.inventory, plan.host
     store = Store.at(inv)
     store.ensure(store.for_host(host))
-    delta = host_delta(inv, host, facts, store)
+    delta = host_delta(plan, facts, tuple(render_host(inv, host, store)))
     names: list[str] = []
     private = {r.dest for r in delta.rendered if r.secrets}
-    boot = inv.profile(host).base.boot_mount.rstrip("/") + "/"
+    boot = plan.base.boot_mount.rstrip("/") + "/"
     for r in delta.rendered:
         if r.secrets and r.dest.startswith(boot):
             raise ConfigError(f"{r.source}: reads secret {r.secrets[0]!r} but goes to the boot "

@@ -33,6 +33,7 @@ class Rendered:
     mode: int
     layer: str
     source: str    # "layers/compute/templates/etc/x.conf.j2"
+    owner: str = ""  # "user:group" from the layer's owners:; "" = root
     secrets: tuple[str, ...] = ()   # the secrets it read with secret(): its data is secret
 
 
@@ -82,13 +83,19 @@ def context(inv: Inventory, host: str) -> dict[str, Any]:
     return ctx
 
 
-def _env(layer: Layer) -> jinja2.Environment:
+def strict_env(folder: Path, **options: Any) -> jinja2.Environment:
+    """The one template engine: an undefined name is an error, never ''."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(layer.path / "templates"),
+        loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        **options,
     )
+
+
+def _env(layer: Layer) -> jinja2.Environment:
+    return strict_env(layer.path / "templates")
 
 
 def render_layer(inv: Inventory, host: str, layer: Layer, ctx: dict[str, Any] | None = None,
@@ -137,7 +144,7 @@ def render_layer(inv: Inventory, host: str, layer: Layer, ctx: dict[str, Any] | 
                               f"user ({item.mode & 0o7777:04o}); set modes: {{{item.dest}: "
                               f"\"0600\"}} in {layer.shown}/layer.yaml")
         out.append(Rendered(item.dest, text.encode(), item.mode & 0o7777, layer.name, shown,
-                            tuple(sorted(set(used)))))
+                            owner=item.owner, secrets=tuple(sorted(set(used)))))
     return out
 
 

@@ -6,29 +6,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from builder.content.hostlayer import RoleFacts, host_delta
+from builder.content.hostlayer import host_delta, standin_facts
 from builder.errors import ConfigError
 from builder.inventory.config import Inventory
 
 
 def render_to(inv: Inventory, host: str, dest: Path) -> int:
-    profile = inv.profile(host)
+    from builder.plan import plan_hosts
+
+    inv.profile(host)
     if dest.exists() and any(dest.iterdir()):
         raise ConfigError(f"{dest}: folder is not empty; name a new or empty folder")
-    user = inv.cluster.admin.user
+    plan = plan_hosts(inv, (host,))[0]
     # The role image is not needed to review files: stand in its account list.
-    facts = RoleFacts(passwd=f"{user}:x:1000:1000::/home/{user}:/bin/bash\n",
-                      cmdline="", dhcpcd_conf="")
-    delta = host_delta(inv, host, facts)
+    delta = host_delta(plan, standin_facts(plan))
     count = 0
-    for layer_name in profile.layers:
-        for item in inv.layers[layer_name].files:
+    for layer in plan.layers:
+        for item in layer.files:
             count += _write(dest, item.dest, item.kind, item.src.read_bytes()
                             if item.kind == "file" else b"", item.target, item.mode)
     for e in delta.root:
         count += _write(dest, e.path, e.kind, e.data, e.target, e.mode)
     for e in delta.boot:
-        count += _write(dest, profile.base.boot_mount + e.path, e.kind, e.data, e.target, e.mode)
+        count += _write(dest, plan.base.boot_mount + e.path, e.kind, e.data, e.target, e.mode)
     return count
 
 

@@ -35,16 +35,23 @@ ROOT_LABEL = "RASPIROOT"
 class PiFamily(NamedTuple):
     arch: str
     kernel: str
+    console: str   # the serial console with Debian's kernels and upstream device trees
 
 
-# As Debian's own Raspberry Pi images do.
+# As Debian's own Raspberry Pi images do. The one serial-console table: the
+# host layer's cmdline.txt, raspi-firmware's CONSOLES and raspi3b boots read it.
 PI_FAMILIES: Mapping[str, PiFamily] = {
-    "pi0": PiFamily("armel", "linux-image-rpi"),
-    "pi1": PiFamily("armel", "linux-image-rpi"),
-    "pi2": PiFamily("armhf", "linux-image-armmp"),
-    "pi3": PiFamily("arm64", "linux-image-arm64"),
-    "pi4": PiFamily("arm64", "linux-image-arm64"),
+    "pi0": PiFamily("armel", "linux-image-rpi", "ttyAMA0"),
+    "pi1": PiFamily("armel", "linux-image-rpi", "ttyAMA0"),
+    "pi2": PiFamily("armhf", "linux-image-armmp", "ttyAMA0"),
+    "pi3": PiFamily("arm64", "linux-image-arm64", "ttyS1"),
+    "pi4": PiFamily("arm64", "linux-image-arm64", "ttyS1"),
 }
+
+
+def console_for_arch(arch: str) -> str:
+    """The serial console of the Pi family a bootstrapped ``arch`` base is for."""
+    return next((f.console for f in PI_FAMILIES.values() if f.arch == arch), "ttyAMA0")
 
 # What every base gets on top of minbase: enough to boot, be reached over SSH
 # and grow its root partition on first boot.
@@ -102,7 +109,6 @@ DEFAULT_MODULES: tuple[str, ...] = (
 # Loaded by the initrd on every boot: the root file system's driver.
 FORCED_MODULES: tuple[str, ...] = ("ext4", "crc32c_generic")
 
-_CONSOLE = {"arm64": "ttyS1,115200", "armhf": "ttyAMA0,115200", "armel": "ttyAMA0,115200"}
 
 
 @dataclass(frozen=True)
@@ -314,7 +320,7 @@ def customize_hook(spec: BootstrapSpec) -> str:
     """Configure initramfs and raspi-firmware, build the initrd once, reset identity."""
     modules = " ".join(spec.initramfs_modules)
     forced = "\n".join(spec.initramfs_forced)
-    consoles = f"tty0 {_CONSOLE.get(spec.arch, 'ttyAMA0,115200')}"
+    consoles = f"tty0 {console_for_arch(spec.arch)},115200"
     undivert = "".join(
         f'rm -f "$root{path}"\n'
         f'chroot "$root" dpkg-divert --quiet --local --rename --remove {path}\n'

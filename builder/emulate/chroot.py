@@ -30,7 +30,22 @@ BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 def preflight_emulation(
     arch: str, binfmt_dir: Path = BINFMT_DIR, euid: int | None = None,
 ) -> None:
-    """Check that ARM programs of ``arch`` can run here; one line says what to fix."""
+    """Check that ARM programs of ``arch`` can run here; one line says what to fix.
+
+    Checked once per process and architecture (a build asks before the base,
+    the role and each chroot)."""
+    default = binfmt_dir == BINFMT_DIR and euid is None
+    if default and arch in _emulation_ok:
+        return
+    _check_emulation(arch, binfmt_dir, euid)
+    if default:
+        _emulation_ok.add(arch)
+
+
+_emulation_ok: set[str] = set()
+
+
+def _check_emulation(arch: str, binfmt_dir: Path, euid: int | None) -> None:
     handler = ARCHES.get(arch)
     if handler is None:
         known = ", ".join(sorted(ARCHES))

@@ -11,6 +11,7 @@ on plain files, so a warm per-host build costs seconds, not minutes.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
@@ -18,7 +19,7 @@ import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -562,6 +563,15 @@ def _vfat_dirs(img: Path, offset: int) -> set[str]:
     return dirs
 
 
+def list_vfat(img: Path, *, offset: int = 0) -> list[str]:
+    """The names in the top folder of the FAT in ``img``, sorted."""
+    mdir = which("mdir", "mtools")
+    proc = run([mdir, "-b", "-i", _mtools_img(img, offset), "::/"], capture=True,
+               env=_mtools_env(), what=f"mdir {img}")
+    lines = proc.stdout.decode(errors="replace").splitlines()
+    return sorted(ln.strip().removeprefix("::/").rstrip("/") for ln in lines if ln.strip())
+
+
 def read_vfat(img: Path, path: str, *, offset: int = 0) -> bytes:
     """The bytes of ``path`` inside the FAT in ``img``."""
     mcopy = which("mcopy", "mtools")
@@ -622,6 +632,30 @@ class DiskLayout:
     root_start: int
     root_size: int
     size: int
+    disk_id: int = 0    # the MBR disk id (PARTUUIDs are partuuid(disk_id, n))
+
+
+def read_disk(img: Path) -> DiskLayout:
+    """The layout of an MBR disk image whose partition 1 is the boot FAT and
+    partition 2 the root file system (every pibake output, every Pi image)."""
+    sfdisk = which("sfdisk", "fdisk")
+    out = run([sfdisk, "--json", img], capture=True, what=f"sfdisk --json {img}").stdout
+    try:
+        table = json.loads(out)["partitiontable"]
+    except (ValueError, KeyError):
+        raise BuildError(f"{img}: no partition table; is it a pibake output image?") from None
+    if table.get("label") != "dos":
+        raise BuildError(f"{img}: partition table label '{table.get('label')}' is not "
+                         "supported; expected dos")
+    sector = int(table.get("sectorsize", SECTOR))
+    parts = {int(re.sub(r".*?(\d+)$", r"\1", p["node"])): p for p in table.get("partitions", [])}
+    if 1 not in parts or 2 not in parts:
+        raise BuildError(f"{img}: expected a boot partition 1 and a root partition 2; is it a "
+                         "pibake output image?")
+    boot, root = parts[1], parts[2]
+    return DiskLayout(int(boot["start"]) * sector, int(boot["size"]) * sector,
+                      int(root["start"]) * sector, int(root["size"]) * sector,
+                      img.stat().st_size, int(str(table.get("id", "0")), 16))
 
 
 def disk_layout(boot_bytes: int, root_bytes: int, align: int = DEFAULT_ALIGN) -> DiskLayout:
@@ -693,4 +727,4 @@ def assemble_disk(
         write_vfat(tmp, boot_entries, offset=layout.boot_start, mtime=mtime)
         write_ext4(tmp, root_entries, offset=layout.root_start, mtime=mtime,
                    name=f"{out} (root partition)")  # fmt: skip
-    return layout
+    return replace(layout, disk_id=disk_id)

@@ -8,7 +8,6 @@ on nested VMs /dev/kvm often opens fine and then fails at launch.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shlex
@@ -24,10 +23,6 @@ from builder import log
 from builder.cache import atomic_file
 from builder.errors import BuildError
 
-_KVM_GET_API_VERSION = 0xAE00
-# Set once KVM has failed in this process, so later handles go straight to TCG.
-_use_tcg: bool | None = None
-
 
 @dataclass(frozen=True)
 class ImageLayout:
@@ -36,20 +31,6 @@ class ImageLayout:
     os_release: dict[str, str]
     root_fs: str  # the root partition's file system type (ext4)
     boot_fs: str  # the boot partition's file system type (vfat)
-
-
-def _kvm_works() -> bool:
-    """A cheap probe; a KVM that passes it can still fail at launch (handled there)."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return fcntl.ioctl(fd, _KVM_GET_API_VERSION) == 12
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -68,12 +49,10 @@ def _handle(path: Path, readonly: bool, tcg: bool, fmt: str) -> Any:
 
 
 def _launch(path: Path, readonly: bool, fmt: str) -> Any:
-    global _use_tcg
+    from builder.vm.qemu import kvm_failed, kvm_works
+
     user_settings = "LIBGUESTFS_BACKEND_SETTINGS" in os.environ
-    if _use_tcg is None and not user_settings and not _kvm_works():
-        _use_tcg = True
-        log.notice("KVM is not available; libguestfs runs under TCG (slower)")
-    tcg = bool(_use_tcg) and not user_settings
+    tcg = not user_settings and not kvm_works()
     g = _handle(path, readonly, tcg, fmt)
     try:
         g.launch()
@@ -83,8 +62,7 @@ def _launch(path: Path, readonly: bool, fmt: str) -> Any:
         if tcg or user_settings:
             raise BuildError(f"{path}: libguestfs could not start its appliance: "
                              f"{_first_line(exc)}; run 'libguestfs-test-tool' to see why") from exc
-    _use_tcg = True
-    log.notice("KVM failed to start the libguestfs appliance; falling back to TCG (slower)")
+    kvm_failed("the libguestfs appliance")
     g = _handle(path, readonly, True, fmt)
     try:
         g.launch()

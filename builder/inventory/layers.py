@@ -62,6 +62,7 @@ class FileItem:
     mode: int           # permission bits (incl. setuid etc.)
     kind: str           # "file" | "dir" | "symlink"
     target: str = ""    # for symlinks
+    owner: str = ""     # "user:group" (names or numbers) from layer.yaml owners:; "" = root
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,12 @@ class Layer:
     content_hash: str                       # every file of the layer
     secrets: Mapping[str, SecretKind] = field(default_factory=lambda: MappingProxyType({}))
     build_hash: str = field(default="")     # the parts that shape the role rootfs
+    hook_vars: tuple[str, ...] = ()         # variables its hooks read (layer.yaml hook_vars:)
+    creates_admin: bool = False             # a hook creates the cluster's admin account
     types: Mapping[str, str] = field(default_factory=dict)  # var -> vartypes name
 
     def packages_for(self, suite: str) -> tuple[str, ...]:
         return self.package_overrides.get(suite, self.packages)
-
-    def hook_vars(self, vars: Mapping[str, Any]) -> dict[str, Any]:
-        """The layer's vars that its hooks read (as upper-case environment names)."""
-        text = "\n".join(h.read_text(errors="replace") for h in self.hooks)
-        return {k: vars[k] for k in sorted(self.defaults) if k.upper() in text and k in vars}
 
 
 def load_layers(root: Path) -> dict[str, Layer]:
@@ -131,14 +129,21 @@ def load_layer(path: Path, shown: str) -> Layer:
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
                   f"{shown}/layer.yaml", "",
-                  ["description", "requires", "modes", "secrets", "types"])
+                  ["description", "requires", "modes", "owners", "secrets", "types",
+                   "hook_vars", "creates_admin"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     modes = _modes(meta)
+    owners = _owners(meta)
     secrets = _secrets(meta)
+    creates_admin = meta.raw("creates_admin", False)
+    if not isinstance(creates_admin, bool):
+        raise ConfigError(f"{meta.loc('creates_admin')}: {short(creates_admin)} is not true or "
+                          "false")
 
     defaults = _load_defaults(path, shown, name)
     types = load_types(meta, defaults)
+    hook_vars = _hook_vars(meta, defaults)
     packages = _load_packages(path / "packages", f"{shown}/packages") \
         if (path / "packages").exists() else ()
     overrides = {
@@ -148,8 +153,10 @@ def load_layer(path: Path, shown: str) -> Layer:
     files = tuple(_walk_files(path / "files", f"{shown}/files", path))
     templates = tuple(_walk_templates(path / "templates", f"{shown}/templates", path))
     files, templates = _apply_modes(modes, files, templates, f"{shown}/layer.yaml")
+    files, templates = _apply_owners(owners, files, templates, f"{shown}/layer.yaml")
     hooks = _scripts(path / "hooks.d", f"{shown}/hooks.d")
     firstboot = _scripts(path / "firstboot.d", f"{shown}/firstboot.d")
+    lint_hook_vars(name, shown, hooks, hook_vars)
 
     content_hash = tree_hash(path)
     build_parts = [p for p in ("layer.yaml", "packages", "files", "hooks.d") if (path / p).exists()]
@@ -162,9 +169,39 @@ def load_layer(path: Path, shown: str) -> Layer:
         defaults=MappingProxyType(defaults), packages=packages,
         package_overrides=MappingProxyType(overrides), files=files, templates=templates,
         hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
+        hook_vars=hook_vars, creates_admin=creates_admin,
         secrets=MappingProxyType(secrets),
         types=MappingProxyType(types),
     )
+
+
+def _hook_vars(meta: Reader, defaults: dict[str, Any]) -> tuple[str, ...]:
+    """``hook_vars: [web_port]``: the layer's variables its hooks read. Exactly
+    these reach the hooks (as WEB_PORT) and enter the role's cache key."""
+    names = meta.str_list("hook_vars")
+    for i, key in enumerate(names):
+        if key not in defaults:
+            raise ConfigError(f"{meta.loc('hook_vars')}[{i}]: {key!r} is not a variable of this "
+                              f"layer's defaults.yaml{suggest(key, defaults)}; declare it there")
+    return tuple(names)
+
+
+def lint_hook_vars(name: str, shown: str, hooks: tuple[Path, ...],
+                   declared: tuple[str, ...]) -> None:
+    """A hook that reads ``$WEB_PORT`` without ``hook_vars: [web_port]`` would
+    get an empty value (and a role cached under the wrong key): refuse it."""
+    prefix = name.replace("-", "_").upper() + "_"
+    allowed = {k.upper() for k in declared}
+    pattern = re.compile(r"\$\{?(" + re.escape(prefix) + r"[A-Z0-9_]+)")
+    for hook in hooks:
+        text = hook.read_text(errors="replace")
+        for n, line in enumerate(text.splitlines(), 1):
+            for found in pattern.findall(line):
+                if found not in allowed:
+                    raise ConfigError(
+                        f"{shown}/hooks.d/{hook.name}:{n}: reads ${found}, which the layer does "
+                        f"not pass to hooks; add {found.lower()} to hook_vars: in "
+                        f"{shown}/layer.yaml")
 
 
 def _modes(meta: Reader) -> dict[str, int]:
@@ -178,6 +215,54 @@ def _modes(meta: Reader) -> dict[str, int]:
                               "e.g. \"0640\"")
         result[str(dest)] = int(value, 8)
     return result
+
+
+OWNER_RE = re.compile(r"^([a-z_][a-z0-9_-]*|[0-9]+):([a-z_][a-z0-9_-]*|[0-9]+)$")
+
+
+def _owners(meta: Reader) -> dict[str, str]:
+    """``owners: {/etc/x.conf: "root:adm"}``: user and group (names, resolved in
+    the image, or numbers) of files and templates that are not root's."""
+    result = {}
+    for dest, value in meta.mapping("owners").items():
+        if not isinstance(value, str) or not OWNER_RE.match(value):
+            raise ConfigError(f"{meta.loc(f'owners.{dest}')}: {short(value)} is not an owner; "
+                              "write user:group, e.g. \"root:adm\" or \"1000:1000\"")
+        result[str(dest)] = value
+    return result
+
+
+def _apply_owners(owners: dict[str, str], files: tuple[FileItem, ...],
+                  templates: tuple[FileItem, ...], shown: str,
+                  ) -> tuple[tuple[FileItem, ...], tuple[FileItem, ...]]:
+    known = {i.dest for i in files + templates}
+    for dest in owners:
+        if dest not in known:
+            raise ConfigError(f"{shown}: owners.{dest}: no such file in files/ or templates/ "
+                              f"of this layer{suggest(dest, known)}")
+
+    def fix(items: tuple[FileItem, ...]) -> tuple[FileItem, ...]:
+        return tuple(replace(i, owner=owners[i.dest]) if i.dest in owners else i for i in items)
+    return fix(files), fix(templates)
+
+
+def resolve_owner(owner: str, passwd: str, group: str) -> tuple[int, int] | None:
+    """(uid, gid) of "user:group" in an image's /etc/passwd and /etc/group text;
+    None when a name is not there."""
+    if not owner:
+        return 0, 0
+    user, grp = owner.split(":")
+
+    def look(name: str, table: str) -> int | None:
+        if name.isdigit():
+            return int(name)
+        for line in table.splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
+                return int(fields[2])
+        return None
+    uid, gid = look(user, passwd), look(grp, group)
+    return None if uid is None or gid is None else (uid, gid)
 
 
 def _secrets(meta: Reader) -> dict[str, SecretKind]:

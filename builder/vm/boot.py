@@ -37,7 +37,6 @@ units and first-boot steps; not its own kernel, initrd or Pi drivers.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -50,8 +49,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import log
-from builder.errors import BootError
-from builder.run import kill_group, run, which
+from builder.emulate.bootstrap import PI_FAMILIES
+from builder.errors import BootError, BuildError
+from builder.image.assemble import (
+    DiskLayout,
+    list_vfat,
+    partuuid,
+    read_disk,
+    read_ext4,
+    read_vfat,
+)
+from builder.run import kill_group
 from builder.vm.qemu import (
     VIRT_CMDLINE,
     Arch,
@@ -68,26 +76,6 @@ from builder.vm.qemu import (
 
 MARKER = "pibake-firstboot: "
 TAIL_LINES = 20
-
-
-@dataclass(frozen=True)
-class Partition:
-    number: int
-    start: int  # bytes
-    size: int  # bytes
-    type: str
-
-
-@dataclass(frozen=True)
-class DiskLayout:
-    label: str
-    disk_id: str  # "1234abcd" for dos
-    partitions: tuple[Partition, ...]
-
-    def root_partuuid(self, number: int = 2) -> str:
-        if self.label != "dos":
-            raise BootError(f"partition table label '{self.label}' is not supported; expected dos")
-        return f"{self.disk_id}-{number:02d}"
 
 
 @dataclass(frozen=True)
@@ -118,47 +106,24 @@ class BootResult:
 
 
 def disk_layout(image: Path) -> DiskLayout:
-    which("sfdisk", "fdisk")
-    out = run(["sfdisk", "--json", image], capture=True, what=f"sfdisk --json {image}").stdout
-    table = json.loads(out)["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
-    parts = tuple(
-        Partition(
-            number=int(re.sub(r".*?(\d+)$", r"\1", p["node"])),
-            start=int(p["start"]) * sector,
-            size=int(p["size"]) * sector,
-            type=str(p.get("type", "")),
-        )
-        for p in table.get("partitions", [])
-    )
-    disk_id = str(table.get("id", "")).lower().removeprefix("0x")
-    return DiskLayout(label=table.get("label", ""), disk_id=disk_id, partitions=parts)
+    """The image's partitions, read by the image package's one reader."""
+    try:
+        return read_disk(image)
+    except BuildError as exc:
+        raise BootError(str(exc)) from None
 
 
-def boot_partition(image: Path, layout: DiskLayout) -> Partition:
-    if not layout.partitions:
-        raise BootError(f"{image}: no partitions; is it a pibake output image?")
-    return layout.partitions[0]
+def list_fat(image: Path, layout: DiskLayout) -> list[str]:
+    return list_vfat(image, offset=layout.boot_start)
 
 
-def list_fat(image: Path, part: Partition) -> list[str]:
-    which("mdir", "mtools")
-    out = run(
-        ["mdir", "-b", "-i", f"{image}@@{part.start}", "::/"],
-        capture=True,
-        what=f"mdir {image}",
-        env={"MTOOLS_SKIP_CHECK": "1"},
-    ).stdout.decode(errors="replace")
-    return sorted(line.strip().removeprefix("::/") for line in out.splitlines() if line.strip())
-
-
-def copy_fat(image: Path, part: Partition, name: str, dest: Path) -> Path:
-    run(
-        ["mcopy", "-n", "-i", f"{image}@@{part.start}", f"::/{name}", dest],
-        what=f"mcopy {name} from {image}",
-        env={"MTOOLS_SKIP_CHECK": "1"},
-    )
+def copy_fat(image: Path, layout: DiskLayout, name: str, dest: Path) -> Path:
+    dest.write_bytes(read_vfat(image, f"/{name}", offset=layout.boot_start))
     return dest
+
+
+def root_partuuid(layout: DiskLayout) -> str:
+    return partuuid(layout.disk_id, 2)
 
 
 def _version_key(name: str) -> list[object]:
@@ -186,21 +151,16 @@ def pick_kernel(image: Path, names: list[str]) -> tuple[str, str | None, Arch] |
 _ELF_ARCH = {40: Arch.arm, 183: Arch.arm64}
 
 
-def userland_arch(image: Path, layout: DiskLayout, number: int = 2) -> Arch:
+def userland_arch(image: Path, layout: DiskLayout) -> Arch:
     """The architecture of the image's user space, from its /usr/bin/dpkg."""
-    which("debugfs", "e2fsprogs")
-    part = next((p for p in layout.partitions if p.number == number), None)
-    if part is None:
-        raise BootError(f"{image}: no root partition {number}")
-    out = run(
-        ["debugfs", "-R", "cat /usr/bin/dpkg", f"{image}?offset={part.start}"],
-        capture=True,
-        what=f"debugfs {image}",
-    ).stdout
+    try:
+        out = read_ext4(image, "/usr/bin/dpkg", offset=layout.root_start)
+    except BuildError:
+        out = b""
     machine = int.from_bytes(out[18:20], "little") if out[:4] == b"\x7fELF" else None
     if machine not in _ELF_ARCH:
         raise BootError(f"{image}: cannot tell the user space's architecture from "
-                        f"/usr/bin/dpkg on partition {number}; is it a Debian-based ARM image?")
+                        "/usr/bin/dpkg on partition 2; is it a Debian-based ARM image?")
     return _ELF_ARCH[machine]
 
 
@@ -218,13 +178,12 @@ def extract_boot_files(
     image: Path, workdir: Path, machine: Machine, extra_cmdline: tuple[str, ...]
 ) -> BootFiles:
     layout = disk_layout(image)
-    part = boot_partition(image, layout)
-    names = list_fat(image, part)
+    names = list_fat(image, layout)
     if machine is Machine.virt:
         extra_cmdline = (*VIRT_CMDLINE, *extra_cmdline)
     cmdline = ""
     if "cmdline.txt" in names:
-        cmdline = copy_fat(image, part, "cmdline.txt", workdir / "cmdline.txt").read_text()
+        cmdline = copy_fat(image, layout, "cmdline.txt", workdir / "cmdline.txt").read_text()
     picked = pick_kernel(image, names)
     if picked is None:
         return generic_boot_files(image, layout, machine, names, cmdline, extra_cmdline)
@@ -237,13 +196,13 @@ def extract_boot_files(
         dtbs = [n for n in names if n in ("bcm2837-rpi-3-b.dtb", "bcm2710-rpi-3-b.dtb")]
         if not dtbs:
             raise BootError(f"{image}: no bcm2837-rpi-3-b.dtb on the boot partition for raspi3b")
-        dtb = copy_fat(image, part, dtbs[0], workdir / dtbs[0])
-        console = "ttyS1,115200"
+        dtb = copy_fat(image, layout, dtbs[0], workdir / dtbs[0])
+        console = f"{PI_FAMILIES['pi3'].console},115200"
     return BootFiles(
-        kernel=copy_fat(image, part, kernel, workdir / kernel),
-        initrd=copy_fat(image, part, initrd, workdir / initrd) if initrd else None,
+        kernel=copy_fat(image, layout, kernel, workdir / kernel),
+        initrd=copy_fat(image, layout, initrd, workdir / initrd) if initrd else None,
         dtb=dtb,
-        cmdline=virt_cmdline(cmdline, layout.root_partuuid(), console, extra_cmdline),
+        cmdline=virt_cmdline(cmdline, root_partuuid(layout), console, extra_cmdline),
         arch=arch,
     )
 
@@ -267,7 +226,7 @@ def generic_boot_files(
         kernel=kit.kernel,
         initrd=kit.initrd,
         dtb=None,
-        cmdline=virt_cmdline(cmdline, layout.root_partuuid(), "ttyAMA0", extra_cmdline),
+        cmdline=virt_cmdline(cmdline, root_partuuid(layout), "ttyAMA0", extra_cmdline),
         arch=arch,
         modules=kit.modules,
     )

@@ -158,11 +158,10 @@ def build_kit(rootfs_tar: Path, folder: Path) -> str:
 
 def kernel_kit(arch: Arch, mirror: str | None = None) -> KernelKit:
     """The generic kernel kit for ``arch`` guests, bootstrapping its base if needed."""
-    from builder.inventory.bases import CATALOG
-    from builder.pipeline import bootstrap_base
+    from builder.pipeline import debian_base
 
     model, deb_arch = KIT_MODEL[arch]
-    base = bootstrap_base(CATALOG["debian-bookworm"], model, deb_arch, mirror)
+    base = debian_base(model, mirror)
     key = cache.key_of("kernel-kit", RECIPE_VERSION, base.key, KEEP, DROP)
     folder = cache.cache_dir() / "kernels" / key
     if not (folder / "meta.json").is_file():

@@ -14,6 +14,7 @@ image itself is opened read-only as the backing file and never modified.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from builder import log
+from builder.errors import PibakeError
 from builder.run import kill_group, register, run, unregister, which
 
 QEMU_PACKAGE = "qemu-system-arm"
@@ -185,22 +187,63 @@ def pick_accel(
 def probe_kvm(arch: Arch) -> bool:
     """Start QEMU with KVM and no machine, and stop it at once."""
     try:
-        proc = subprocess.run(
+        proc = run(
             [qemu_binary(arch), "-M", "none", "-accel", "kvm", "-display", "none", "-S",
              "-monitor", "stdio", "-nodefaults"],
-            input=b"quit\n", capture_output=True, timeout=20, start_new_session=True,
+            input=b"quit\n", capture=True, timeout=20, check=False, what="qemu kvm probe",
         )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
+    except PibakeError:
         return False
     return proc.returncode == 0
+
+
+_KVM_GET_API_VERSION = 0xAE00
+_kvm: bool | None = None  # this process's one answer to "does /dev/kvm work here?"
+
+
+def _dev_kvm_answers() -> bool:
+    """/dev/kvm opens and speaks the stable API (a cheap probe: a KVM that
+    passes it can still fail at launch on a nested VM; see kvm_failed)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _KVM_GET_API_VERSION) == 12
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def kvm_works() -> bool:
+    """Whether KVM works on this host: decided once per process and shared by
+    libguestfs's appliance and QEMU, with one notice when it does not."""
+    global _kvm
+    if _kvm is None:
+        _kvm = _dev_kvm_answers()
+        if not _kvm:
+            log.notice("KVM is not available here (no usable /dev/kvm); libguestfs and QEMU "
+                       "use TCG emulation (slower)")
+    return _kvm
+
+
+def kvm_failed(what: str) -> None:
+    """KVM passed the probe but ``what`` could not start with it: remember, so
+    every later launch goes straight to TCG, and say so once."""
+    global _kvm
+    if _kvm is not False:
+        log.notice(f"KVM failed to start {what}; using TCG emulation (slower) from now on")
+    _kvm = False
 
 
 @functools.cache
 def choose_accel(arch: Arch) -> str:
     """Once per process and architecture: a group of VMs gets one notice."""
-    accel, notice = pick_accel(
-        platform.machine(), arch, os.path.exists("/dev/kvm"), lambda: probe_kvm(arch)
-    )
+    host = platform.machine()
+    if host in ("aarch64", "arm64") and arch is Arch.arm64 and not kvm_works():
+        return "tcg"  # kvm_works() has said why
+    accel, notice = pick_accel(host, arch, True, lambda: probe_kvm(arch))
     if notice:
         log.notice(notice)
     return accel

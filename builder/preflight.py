@@ -1,0 +1,85 @@
+"""What the build host needs, checked once before any slow step.
+
+One table of the host tools each build stage runs: a missing ``bmaptool`` is
+reported with the rest before the role build, not after it, and the message
+names the Debian packages to install. Then the ARM emulation, once per
+architecture.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+from builder.errors import PreflightError
+from builder.inventory.bases import BaseKind
+
+if TYPE_CHECKING:
+    from builder.plan import HostPlan
+
+
+class Tool(NamedTuple):
+    name: str
+    package: str
+
+
+# stage -> the programs it runs on the build host (ARM programs run in the chroot).
+STAGE_TOOLS: dict[str, tuple[Tool, ...]] = {
+    "bootstrap base": (Tool("mmdebstrap", "mmdebstrap"), Tool("apt-get", "apt"),
+                       Tool("tar", "tar")),
+    "role": (Tool("tar", "tar"), Tool("unshare", "util-linux"), Tool("mke2fs", "e2fsprogs"),
+             Tool("mkfs.vfat", "dosfstools"), Tool("mcopy", "mtools"), Tool("mmd", "mtools")),
+    "host": (Tool("debugfs", "e2fsprogs"), Tool("mcopy", "mtools"), Tool("mdir", "mtools"),
+             Tool("mmd", "mtools"), Tool("sfdisk", "fdisk"), Tool("bmaptool", "bmap-tools")),
+    "compress zstd": (Tool("zstd", "zstd"),),
+    "compress xz": (Tool("xz", "xz-utils"),),
+}
+
+
+def found(tool: str) -> str | None:
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+
+
+def stages_for(base_kinds: Iterable[BaseKind], role: bool, compression: str) -> list[str]:
+    """The stages a build runs: the bootstrap when a bootstrapped base must be
+    built, the role when a role must be built, the host always."""
+    stages = ["bootstrap base"] if BaseKind.bootstrap in set(base_kinds) else []
+    stages += ["role"] if role else []
+    stages += ["host"]
+    return stages + ([f"compress {compression}"] if compression != "none" else [])
+
+
+def table(stages: Iterable[str]) -> list[tuple[str, Tool, str | None]]:
+    """(stage, tool, path or None) for every tool of ``stages``."""
+    return [(stage, tool, found(tool.name)) for stage in stages for tool in STAGE_TOOLS[stage]]
+
+
+def require(stages: Iterable[str]) -> None:
+    """One PreflightError naming every missing tool and the packages to install."""
+    missing = [(stage, tool) for stage, tool, path in table(stages) if path is None]
+    if not missing:
+        return
+    names = ", ".join(dict.fromkeys(f"{tool.name} ({stage})" for stage, tool in missing))
+    packages = " ".join(sorted({tool.package for _, tool in missing}))
+    raise PreflightError(f"host tools not found: {names}; install them: apt-get install "
+                         f"{packages}")
+
+
+def host_preflight(plans: Iterable[HostPlan], compression: str = "none",
+                   everything: bool = False) -> list[str]:
+    """Check the tools and the emulation the plans' builds need (``everything``:
+    as if nothing were cached, for ``pibake check``); return the tool table."""
+    from builder.emulate.chroot import preflight_emulation
+
+    plans = list(plans)
+    cold = [p for p in plans if everything or not p.role_cached]
+    kinds = [p.base.kind for p in cold if everything or not p.base_cached]
+    stages = stages_for(kinds, bool(cold), compression)
+    rows = table(stages)
+    require(stages)
+    lines = [f"{stage:15} {tool.name:11} {tool.package:12} {path}" for stage, tool, path in rows]
+    for arch in sorted({p.arch for p in cold}):
+        preflight_emulation(arch)
+        lines.append(f"{'emulation':15} {arch:11} {'qemu-user-static':12} binfmt_misc ok")
+    return lines

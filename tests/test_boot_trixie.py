@@ -13,7 +13,7 @@ import pytest
 from builder.vm.boot import boot_image
 from tests.vm import keyed_project, ssh, stop
 
-pytestmark = pytest.mark.boot
+pytestmark = [pytest.mark.boot, pytest.mark.roles]
 
 
 def test_trixie_arm64_builds_and_boots(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from tests.lanmain_project import make_lanmain_project
 from tests.test_build import extract, partitions, pibake
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.roles]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from builder.emulate.archive import scratch_apt
 from builder.emulate.bootstrap import PI_FAMILIES, render_sources, spec_for
 from builder.inventory.config import load_inventory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.roles]
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = ("trixie", "bookworm")

@@ -15,7 +15,7 @@ from builder.vm.boot import boot_image
 from tests.conftest import REPO
 from tests.vm import build, ssh, stop
 
-pytestmark = pytest.mark.boot
+pytestmark = [pytest.mark.boot, pytest.mark.roles]
 
 SERVICES = ("chrony", "haproxy", "keepalived", "nginx", "docker", "distcc",
             "srv-share.automount")

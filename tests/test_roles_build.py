@@ -15,7 +15,7 @@ from builder.image.assemble import read_ext4
 from tests.conftest import REPO
 from tests.test_build import extract, partitions, pibake
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.roles]
 
 
 @pytest.fixture(scope="module")

@@ -587,20 +587,25 @@ def read_vfat(img: Path, path: str, *, offset: int = 0) -> bytes:
 # ---------------------------------------------------------------- disk
 
 
+def data_extents(fd: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each data extent of an open file, in order; holes are skipped."""
+    end = os.fstat(fd).st_size
+    pos = 0
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            return
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        yield data, hole
+        pos = hole
+
+
 def _copy_sparse(src: Path, dst_fd: int, dst_offset: int) -> None:
     """Copy the data extents of ``src`` to ``dst_fd`` at ``dst_offset``; holes stay holes."""
     with open(src, "rb") as f:
-        fd = f.fileno()
-        end = os.fstat(fd).st_size
-        pos = 0
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            _copy_range(fd, dst_fd, data, dst_offset + data, hole - data)
-            pos = hole
+        for data, hole in data_extents(f.fileno()):
+            _copy_range(f.fileno(), dst_fd, data, dst_offset + data, hole - data)
 
 
 def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 from builder import log
 from builder.errors import FlashError, PibakeError
+from builder.image.assemble import data_extents
 from builder.inventory.config import Inventory
 from builder.run import register, unregister, which
 
@@ -199,22 +200,14 @@ def data_ranges(image: Path) -> tuple[tuple[int, int], ...]:
     """The image's data extents, widened to whole blocks (holes are never written)."""
     ranges: list[tuple[int, int]] = []
     with open(image, "rb") as f:
-        fd = f.fileno()
-        end = os.fstat(fd).st_size
-        pos = 0
-        while pos < end:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        end = os.fstat(f.fileno()).st_size
+        for start, stop in data_extents(f.fileno()):
             start = start // BLOCK * BLOCK
             stop = min(-(-stop // BLOCK) * BLOCK, end)
             if ranges and start <= ranges[-1][1]:
                 ranges[-1] = (ranges[-1][0], stop)
             else:
                 ranges.append((start, stop))
-            pos = stop
     if not ranges or ranges[0][0] != 0:
         ranges.insert(0, (0, min(BLOCK, end)))  # block 0 is always written
     return tuple(ranges)

@@ -113,7 +113,8 @@ def test_downloaded_stretch_base(server: tuple[str, Path], tmp_path: Path) -> No
                                     "raspberrypi-kernel": "1.20181112-1"}
     assert manifest["base"] == {"name": "fixture-stretch", "kind": "image", "suite": "stretch",
                                 "arch": "armhf", "sha256": sha,
-                                "cache_key": manifest["base"]["cache_key"]}
+                                "cache_key": manifest["base"]["cache_key"],
+                                "suites": ["stretch"], "skipped_suites": []}
 
 
 def test_checksum_mismatch_leaves_nothing(server: tuple[str, Path], tmp_path: Path) -> None:

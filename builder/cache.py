@@ -63,14 +63,22 @@ def locked(folder: Path) -> Iterator[None]:
     """Hold the lock of one cache entry: two builds sharing the cache (two
     terminals, ``make -j``) never build the same entry at once; the second waits
     and then finds it complete."""
-    with open(_lock_path(folder), "a") as fd:
+    from builder import log
+
+    with exclusive(_lock_path(folder), f"waiting for another build of cache entry "
+                   f"{folder.parent.name}/{folder.name[:12]}", log.notice):
+        yield
+
+
+@contextmanager
+def exclusive(lock_file: Path, waiting: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file``; when another process holds it,
+    ``say(waiting)`` once and wait for it."""
+    with open(lock_file, "a") as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            from builder import log
-
-            log.notice(f"waiting for another build of cache entry {folder.parent.name}/"
-                       f"{folder.name[:12]}")
+            say(waiting)
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield

@@ -8,7 +8,6 @@ ARM programs through binfmt_misc.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -16,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from builder import log
+from builder import cache, log
 from builder.errors import BuildError, ConfigError, PreflightError
 from builder.progress import Meter, Progress, ticking
 from builder.run import run, run_lines
@@ -291,16 +290,10 @@ class EmulatedChroot:
         if self.apt_cache is None:
             yield
             return
-        with open(self.apt_cache / ".pibake-apt.lock", "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("    apt: another build is using the package cache; waiting for it")
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with cache.exclusive(self.apt_cache / ".pibake-apt.lock",
+                             "    apt: another build is using the package cache; waiting for it",
+                             log.info):
+            yield
 
     def run_hook(self, script: Path, env: dict[str, str]) -> None:
         """Copy ``script`` into the tree, run it there, remove it."""

@@ -30,7 +30,7 @@ from builder.content.secrets import Store
 from builder.errors import BootError
 from builder.inventory.config import Inventory
 from builder.run import run
-from builder.vm.boot import GroupVm, NodeBoot, boot_group, host_key_options
+from builder.vm.boot import GroupVm, NodeBoot, boot_group, ssh_argv
 from builder.vm.qemu import LanSpec, free_udp_port
 
 CHECK_LINE = re.compile(r"^pibake-check: (?P<name>\S+) (?P<state>ok|FAIL): ?(?P<detail>.*)$")
@@ -137,14 +137,8 @@ class Ssh:
     known_hosts: Path
 
     def argv(self, host: str, port: int, command: str) -> list[str]:
-        return [
-            "ssh", "-p", str(port), "-i", str(self.identity),
-            # checked as the node's name, whatever local port this VM got, against
-            # the store's host CA only: a node must present its own certified key
-            *host_key_options(host, self.known_hosts), "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-            f"{self.user}@127.0.0.1", command,
-        ]  # fmt: skip
+        return ssh_argv(port, self.user, self.identity, command, host=host,
+                        known_hosts=self.known_hosts)
 
     def run(self, host: str, port: int, command: str, timeout: float = 120) -> tuple[int, str]:
         try:

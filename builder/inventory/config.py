@@ -340,7 +340,7 @@ def _user_base(top: Reader, name: str, spec: Any, root: Path) -> Base:
 
 def load_profile(root: Path, host: str, cluster: Cluster, layers: Mapping[str, Layer]) -> Profile:
     shown = f"profiles/{host}.yaml"
-    if not (root / shown).exists():
+    if not (root / shown).exists() and not (root / shown).is_symlink():
         raise ConfigError(f"{shown}: missing; every node in {CLUSTER_FILE} needs a profile "
                           "(base, layers, vars)")
     r = Reader(load_yaml(root / shown, shown), shown, "", ["base", "layers", "vars"])

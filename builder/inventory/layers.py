@@ -23,7 +23,16 @@ from types import MappingProxyType
 from typing import Any
 
 from builder.errors import ConfigError
-from builder.inventory.schema import VAR_RE, Reader, known_list, load_yaml, short, suggest
+from builder.inventory.schema import (
+    VAR_RE,
+    Reader,
+    known_list,
+    load_yaml,
+    read_source,
+    read_source_bytes,
+    short,
+    suggest,
+)
 from builder.inventory.vartypes import load_types
 
 LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -125,6 +134,8 @@ def load_layer(path: Path, shown: str) -> Layer:
                 f"{shown}/{part}: unknown layer part (known: {known_list(KNOWN_PARTS)})"
                 f"{suggest(part, KNOWN_PARTS)}"
             )
+        if (path / part).is_symlink() and not (path / part).exists():
+            read_source_bytes(path / part, f"{shown}/{part}")  # says: broken symlink
 
     meta = Reader(load_yaml(path / "layer.yaml", f"{shown}/layer.yaml")
                   if (path / "layer.yaml").exists() else {},
@@ -158,11 +169,11 @@ def load_layer(path: Path, shown: str) -> Layer:
     firstboot = _scripts(path / "firstboot.d", f"{shown}/firstboot.d")
     lint_hook_vars(name, shown, hooks, hook_vars)
 
-    content_hash = tree_hash(path)
+    content_hash = tree_hash(path, shown=shown)
     build_parts = [p for p in ("layer.yaml", "packages", "files", "hooks.d") if (path / p).exists()]
     build_parts += [p.name for p in sorted(path.glob("packages.*"))]
     # secrets: is read in the host stage only, so declaring one never rebuilds a role
-    build_hash = tree_hash(path, only=build_parts,
+    build_hash = tree_hash(path, only=build_parts, shown=shown,
                            text={"layer.yaml": _without_secrets(path / "layer.yaml")})
     return Layer(
         name=name, path=path, shown=shown, description=description, requires=requires,
@@ -194,7 +205,7 @@ def lint_hook_vars(name: str, shown: str, hooks: tuple[Path, ...],
     allowed = {k.upper() for k in declared}
     pattern = re.compile(r"\$\{?(" + re.escape(prefix) + r"[A-Z0-9_]+)")
     for hook in hooks:
-        text = hook.read_text(errors="replace")
+        text = read_source(hook, f"{shown}/hooks.d/{hook.name}")
         for n, line in enumerate(text.splitlines(), 1):
             for found in pattern.findall(line):
                 if found not in allowed:
@@ -312,7 +323,7 @@ def _load_defaults(path: Path, shown: str, name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of variables, got {short(data)}")
     prefix = name.replace("-", "_") + "_"
-    lines = file.read_text().splitlines()
+    lines = read_source(file, where).splitlines()
     for key in data:
         if not isinstance(key, str) or not VAR_RE.match(key):
             raise ConfigError(f"{where}: {short(key)}: variable names are lower-case "
@@ -337,7 +348,7 @@ def _has_comment(lines: list[str], key: str) -> bool:
 
 def _load_packages(file: Path, shown: str) -> tuple[str, ...]:
     result: list[str] = []
-    for n, raw in enumerate(file.read_text().splitlines(), 1):
+    for n, raw in enumerate(read_source(file, shown).splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -395,6 +406,7 @@ def _walk_templates(base: Path, shown: str, layer_root: Path) -> list[FileItem]:
         if item.kind != "file" or not rel.endswith(".j2"):
             raise ConfigError(f"{shown}/{rel}: templates must be files ending in .j2; "
                               "move other files to files/")
+        read_source(item.src, f"{shown}/{rel}")  # the template engine reads UTF-8
         items.append(FileItem(item.src, item.dest[: -len(".j2")], item.mode, "file"))
     return items
 
@@ -412,6 +424,7 @@ def _scripts(base: Path, shown: str) -> tuple[Path, ...]:
                                   re.sub(r"[^A-Za-z0-9_.-]", "-", p.stem) + ".sh"))
         if not p.is_file() or p.is_symlink():
             raise ConfigError(f"{shown}/{p.name}: not a regular file")
+        read_source(p, f"{shown}/{p.name}")
         if not os.access(p, os.X_OK) or not p.stat().st_mode & 0o100:
             raise ConfigError(f"{shown}/{p.name}: not executable; run: chmod +x "
                               f"{shown}/{p.name}")
@@ -441,9 +454,11 @@ def _without_secrets(file: Path) -> bytes | None:
 
 
 def tree_hash(root: Path, only: list[str] | None = None,
-              text: Mapping[str, bytes | None] | None = None) -> str:
+              text: Mapping[str, bytes | None] | None = None, shown: str | None = None) -> str:
     """sha256 over every path, mode and content below ``root`` (lexical order);
-    ``text`` gives other content for some top-level files."""
+    ``text`` gives other content for some top-level files. A file that cannot be
+    read is one ConfigError naming it as ``shown/rel``."""
+    shown = shown if shown is not None else str(root)
     h = hashlib.sha256()
     names = sorted(only) if only is not None else sorted(os.listdir(root))
     for top in names:
@@ -462,7 +477,8 @@ def tree_hash(root: Path, only: list[str] | None = None,
                 h.update(b"L" + os.readlink(p).encode())
             elif stat.S_ISREG(st.st_mode):
                 other = (text or {}).get(rel)
-                h.update(b"F" + (p.read_bytes() if other is None else other))
+                h.update(b"F" + (read_source_bytes(p, f"{shown}/{rel}") if other is None
+                                 else other))
             else:
                 h.update(b"D")
             h.update(b"\0")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,14 +34,49 @@ def known_list(known: Iterable[str]) -> str:
     return ", ".join(sorted(known)) or "none"
 
 
-def load_yaml(path: Path, shown: str) -> Any:
-    """Load one YAML file with ``safe_load``; syntax errors carry line and column."""
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a fifo", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def read_source_bytes(path: Path, shown: str) -> bytes:
+    """The one reader of the project's own files (profiles, layer parts,
+    templates, hooks, files): whatever is wrong with the file itself is one
+    ConfigError naming it, never a traceback and never a hang on a fifo."""
     try:
-        text = path.read_text()
+        st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ConfigError(f"{shown}: broken symlink (-> {os.readlink(path)}); point it at "
+                              "an existing file or remove it") from None
         raise ConfigError(f"{shown}: file not found") from None
     except OSError as exc:
-        raise ConfigError(f"{shown}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror}; check the path and its "
+                          "permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
+        raise ConfigError(f"{shown}: {kind}, not a regular file; replace it with a file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror}; check its permissions "
+                          "(ls -l) and the disk") from None
+
+
+def read_source(path: Path, shown: str) -> str:
+    """A project text file as str; a byte that is not UTF-8 is one line with its
+    line number."""
+    data = read_source_bytes(path, shown)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{shown}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                          "save the file as UTF-8") from None
+
+
+def load_yaml(path: Path, shown: str) -> Any:
+    """Load one YAML file with ``safe_load``; syntax errors carry line and column."""
+    text = read_source(path, shown)
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:

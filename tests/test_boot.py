@@ -3,6 +3,7 @@ reading the boot partition; boot tests (marker ``boot``) run a real image."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -22,8 +23,10 @@ from builder.vm.qemu import (
     Arch,
     LanSpec,
     Machine,
+    NodeLan,
     VmSpec,
     mac_for,
+    pi3_mac_for,
     pick_accel,
     qemu_argv,
 )
@@ -424,3 +427,30 @@ def test_group_with_a_missing_image_names_the_build_command(mini: Path) -> None:
         pass
     assert str(err.value) == (f"{mini}/output/node-01.img: no such image; build it first: "
                               "pibake build node-01")
+
+
+def test_raspi3b_user_network_is_laid_over_the_node_lan() -> None:
+    lan = boot.parse_lan("# managed by pibake\n[Match]\nName=eth0\n\n[Network]\n"
+                         "Address=192.168.77.15/24\nGateway=192.168.77.1\nDNS=192.168.77.1\n")
+    assert lan == NodeLan(ipaddress.IPv4Interface("192.168.77.15/24"),
+                          ipaddress.IPv4Address("192.168.77.1"), None)
+    argv = qemu_argv(spec(machine=Machine.raspi3b, dtb=Path("/w/b.dtb"), node_lan=lan))
+    assert ("user,id=net0,net=192.168.77.0/24,host=192.168.77.1,dns=192.168.77.2,"
+            "hostfwd=tcp:127.0.0.1:2222-192.168.77.15:22") in argv
+
+
+def test_node_lan_avoids_the_node_address_and_reads_the_matched_mac() -> None:
+    lan = boot.parse_lan("[Match]\nMACAddress=B8:27:EB:00:00:01\n[Network]\n"
+                         "Address=10.20.0.3/24\n")
+    assert lan is not None and lan.mac == "b8:27:eb:00:00:01"
+    # no gateway: slirp's own side takes free addresses, never the node's
+    assert lan.user_netdev(22).startswith("user,id=net0,net=10.20.0.0/24,host=10.20.0.2,"
+                                          "dns=10.20.0.4,hostfwd=tcp:127.0.0.1:22-10.20.0.3:22")
+    assert boot.parse_lan("[Network]\nDHCP=yes\n") is None
+    assert boot.parse_lan("[Network]\nAddress=not-an-address\n") is None
+
+
+def test_raspi3b_nic_gets_a_vendor_mac_so_usbnet_names_it_eth0() -> None:
+    mac = pi3_mac_for("node-01")
+    assert mac.startswith("b8:27:eb:") and mac == pi3_mac_for("node-01")
+    assert not int(mac[:2], 16) & 0x02  # not locally administered

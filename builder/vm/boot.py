@@ -37,6 +37,7 @@ units and first-boot steps; not its own kernel, initrd or Pi drivers.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import tempfile
@@ -65,12 +66,14 @@ from builder.vm.qemu import (
     Arch,
     LanSpec,
     Machine,
+    NodeLan,
     Vm,
     VmSpec,
     choose_accel,
     create_overlay,
     free_port,
     mac_for,
+    pi3_mac_for,
     short_tmpdir,
 )
 
@@ -87,6 +90,7 @@ class BootFiles:
     arch: Arch
     # a generic kernel's modules (tar of <version>/...) for the overlay's /lib/modules
     modules: Path | None = None
+    node_lan: NodeLan | None = None  # raspi3b: the node's LAN, for QEMU's user network
 
 
 @dataclass
@@ -190,6 +194,7 @@ def extract_boot_files(
     kernel, initrd, arch = picked
     dtb = None
     console = "ttyAMA0"
+    node_lan: NodeLan | None = None
     if machine is Machine.raspi3b:
         if arch is not Arch.arm64:
             raise BootError(f"{image}: --machine raspi3b needs an arm64 kernel, found {kernel}")
@@ -198,13 +203,47 @@ def extract_boot_files(
             raise BootError(f"{image}: no bcm2837-rpi-3-b.dtb on the boot partition for raspi3b")
         dtb = copy_fat(image, layout, dtbs[0], workdir / dtbs[0])
         console = f"{PI_FAMILIES['pi3'].console},115200"
+        node_lan = lan_of(image, layout)
     return BootFiles(
         kernel=copy_fat(image, layout, kernel, workdir / kernel),
         initrd=copy_fat(image, layout, initrd, workdir / initrd) if initrd else None,
         dtb=dtb,
         cmdline=virt_cmdline(cmdline, root_partuuid(layout), console, extra_cmdline),
         arch=arch,
+        node_lan=node_lan,
     )
+
+
+# Where the host layer puts a systemd-networkd node's static address.
+LAN_NETWORK_FILE = "/etc/systemd/network/10-pibake-lan.network"
+
+
+def parse_lan(text: str) -> NodeLan | None:
+    """The static address, gateway and matched MAC of a .network file."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in ("Address", "Gateway", "MACAddress"):
+            values.setdefault(key.strip(), value.strip())
+    if "Address" not in values:
+        return None
+    try:
+        address = ipaddress.IPv4Interface(values["Address"])
+        gateway = ipaddress.IPv4Address(values["Gateway"]) if "Gateway" in values else None
+    except ValueError:
+        return None
+    return NodeLan(address, gateway, values.get("MACAddress", "").lower() or None)
+
+
+def lan_of(image: Path, layout: DiskLayout) -> NodeLan | None:
+    """The node's LAN as its image configures it (systemd-networkd bases);
+    None when the image has no such file."""
+    try:
+        text = read_ext4(image, LAN_NETWORK_FILE, offset=layout.root_start).decode(
+            errors="replace")
+    except BuildError:
+        return None
+    return parse_lan(text)
 
 
 def generic_boot_files(
@@ -293,7 +332,7 @@ def _vm_spec(node: NodeBoot, workdir: Path, disk: Path, tmp: Path, *, machine: M
         console_log=workdir / "console.log",
         qmp_socket=tmp / "qmp.sock",
         ssh_port=ssh_port or free_port(),
-        mac=node.mac or mac_for(node.host),
+        mac=_nic_mac(node, machine, files),
         arch=files.arch,
         machine=machine,
         smp=smp,
@@ -301,7 +340,18 @@ def _vm_spec(node: NodeBoot, workdir: Path, disk: Path, tmp: Path, *, machine: M
         accel=choose_accel(files.arch) if machine is Machine.virt else "tcg",
         lan=lan,
         mgmt_mac=mac_for(f"{node.host}/mgmt"),
+        node_lan=files.node_lan,
     )
+
+
+def _nic_mac(node: NodeBoot, machine: Machine, files: BootFiles) -> str:
+    if node.mac:
+        return node.mac
+    if machine is Machine.raspi3b:
+        if files.node_lan is not None and files.node_lan.mac:
+            return files.node_lan.mac
+        return pi3_mac_for(node.host)
+    return mac_for(node.host)
 
 
 def boot_image(

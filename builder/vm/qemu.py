@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import ipaddress
 import json
 import os
 import platform
@@ -75,6 +76,28 @@ class VmSpec:
     lan: LanSpec | None = None          # None: the node's NIC is on a LAN of its own
     mgmt_mac: str | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # raspi3b's one NIC: QEMU's user network laid over the node's own LAN
+    # (its static address and gateway, from the image), SSH forwarded to it
+    node_lan: NodeLan | None = None
+
+
+@dataclass(frozen=True)
+class NodeLan:
+    """The node's address on its LAN, as the image's network config says."""
+
+    address: ipaddress.IPv4Interface
+    gateway: ipaddress.IPv4Address | None = None
+    mac: str | None = None  # the MAC the config matches, if it matches one
+
+    def user_netdev(self, ssh_port: int) -> str:
+        """A QEMU user network on this LAN: its gateway is the node's gateway,
+        port ``ssh_port`` on 127.0.0.1 reaches the node's sshd."""
+        net = self.address.network
+        hosts = [h for h in (net[2], net[3], net[4]) if h != self.address.ip]
+        host = self.gateway if self.gateway is not None and self.gateway in net else hosts[0]
+        dns = next(h for h in hosts if h != host)
+        return (f"user,id=net0,net={net},host={host},dns={dns},"
+                f"hostfwd=tcp:127.0.0.1:{ssh_port}-{self.address.ip}:22")
 
 
 # Kernel arguments for -M virt. DHCP on the management NIC: systemd-networkd
@@ -93,6 +116,14 @@ def mac_for(name: str) -> str:
     """A stable locally administered MAC per VM; QEMU gives every VM the same one."""
     digest = hashlib.sha256(name.encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def pi3_mac_for(name: str) -> str:
+    """A stable MAC in the Pi 3's own OUI for raspi3b's USB NIC: Linux's usbnet
+    names a NIC with a locally administered MAC usb0, one with a vendor MAC eth0
+    (as the Pi 3's onboard NIC is)."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "b8:27:eb:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 def free_port() -> int:
@@ -141,7 +172,10 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         # the console is the mini-UART (ttyS1), the second serial port
         argv += ["-serial", "null", "-serial", "chardev:con"]
         argv += ["-drive", f"if=sd,format=qcow2,file={spec.disk}"]
-        argv += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"]
+        if spec.node_lan is not None:
+            argv += ["-netdev", spec.node_lan.user_netdev(spec.ssh_port)]
+        else:
+            argv += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"]
         argv += ["-device", f"usb-net,netdev=net0,mac={spec.mac}"]
     else:
         argv += ["-serial", "chardev:con"]

@@ -364,3 +364,21 @@ def test_probe_finds_the_suite_whose_index_is_broken(archive: str) -> None:
     failed = probe_sources(sources, "armhf")
     assert list(failed) == ["bookworm-security"]
     assert failed["bookworm-security"].startswith("File has unexpected size (47 != 54)")
+
+
+def test_an_archive_that_cannot_be_reached_is_named_not_its_packages(tmp_path: Path) -> None:
+    # A port nothing listens on: apt warns (W:) instead of failing, and every
+    # package then looked missing ("Unable to locate package apt").
+    import socket
+
+    from builder.emulate.bootstrap import usable_sources
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = dataclasses.replace(SPEC, mirror=f"http://127.0.0.1:{port}/debian")
+    with pytest.raises(PreflightError) as err:
+        usable_sources(spec, render_sources(spec))
+    msg = str(err.value)
+    assert msg.startswith("the archive's bookworm/arm64 package index cannot be fetched: "), msg
+    assert "127.0.0.1" in msg and "Unable to locate" not in msg
+    assert msg.endswith("check the host's apt sources or set a mirror in cluster.yaml")

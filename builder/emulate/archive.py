@@ -40,10 +40,12 @@ class Deb:
 
 
 def failed_suites(apt_output: str) -> dict[str, str]:
-    """Suite -> first reason, from ``apt-get update`` output's ``E: Failed to fetch`` lines."""
+    """Suite -> first reason, from ``apt-get update`` output's ``Failed to fetch``
+    lines: ``E:`` for a broken index, ``W:`` for an archive apt cannot reach at
+    all (a name that does not resolve, a refused connection)."""
     failed: dict[str, str] = {}
     for line in apt_output.splitlines():
-        m = re.match(r"E: Failed to fetch \S*/dists/([^/\s]+)/\S*\s+(.*)", line)
+        m = re.match(r"[EW]: Failed to fetch \S*/dists/([^/\s]+)/\S*\s+(.*)", line)
         if m:
             failed.setdefault(m.group(1), m.group(2).strip())
     return failed

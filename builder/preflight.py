@@ -27,7 +27,8 @@ class Tool(NamedTuple):
 # stage -> the programs it runs on the build host (ARM programs run in the chroot).
 STAGE_TOOLS: dict[str, tuple[Tool, ...]] = {
     "bootstrap base": (Tool("mmdebstrap", "mmdebstrap"), Tool("apt-get", "apt"),
-                       Tool("tar", "tar")),
+                       Tool("tar", "tar"), Tool("mmtarfilter", "mmdebstrap"),
+                       Tool("depmod", "kmod"), Tool("systemd-hwdb", "udev")),
     "role": (Tool("tar", "tar"), Tool("unshare", "util-linux"), Tool("mke2fs", "e2fsprogs"),
              Tool("mkfs.vfat", "dosfstools"), Tool("mcopy", "mtools"), Tool("mmd", "mtools")),
     "host": (Tool("debugfs", "e2fsprogs"), Tool("mcopy", "mtools"), Tool("mdir", "mtools"),

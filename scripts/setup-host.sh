@@ -6,7 +6,7 @@ set -eu
 PACKAGES="
   python3 python3-venv python3-pip python3-guestfs libguestfs-tools linux-image-amd64
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-utils ipxe-qemu seabios
-  mmdebstrap debian-archive-keyring ca-certificates
+  mmdebstrap debian-archive-keyring ca-certificates kmod udev
   bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client openssl
   kea-dhcp4-server kea-ctrl-agent isc-dhcp-server isc-dhcp-client bind9 bind9-utils
   bind9-dnsutils chrony iproute2 haproxy nginx-light keepalived

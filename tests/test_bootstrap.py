@@ -13,17 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _bootstrap_fixtures import arm64_base_tar  # noqa: F401
+from _bootstrap_fixtures import ARM64_SPEC, arm64_base_tar  # noqa: F401
 
 from builder.emulate.archive import failed_suites, probe_sources
 from builder.emulate.bootstrap import (
     BASE_PACKAGES,
     DEFAULT_MODULES,
+    DPKG_EXCLUDES,
     PI_FAMILIES,
     BootstrapSpec,
     customize_hook,
     essential_hook,
     mmdebstrap_argv,
+    native_tools,
     render_sources,
     spec_for,
     spec_key,
@@ -212,7 +214,7 @@ def test_customize_hook_builds_the_initrd_once_from_the_module_list() -> None:
 
 
 def test_slow_generators_are_deferred_to_one_run() -> None:
-    ess, cust = essential_hook(), customize_hook(SPEC)
+    ess, cust = essential_hook(SPEC.suite), customize_hook(SPEC)
     for tool in ("/usr/sbin/update-initramfs", "/usr/sbin/update-ca-certificates"):
         assert f"--divert {tool}.pibake --add {tool}" in ess
         assert f"dpkg-divert --quiet --local --rename --remove {tool}" in cust
@@ -221,6 +223,35 @@ def test_slow_generators_are_deferred_to_one_run() -> None:
     assert cust.index("--remove /usr/sbin/update-ca-certificates") < cust.index(
         "chroot \"$root\" update-ca-certificates")
     assert 'for t in rsa ecdsa ed25519; do : > "$root/etc/ssh/ssh_host_${t}_key"; done' in ess
+
+
+@pytest.mark.parametrize(("suite", "depmod", "hwdb"), [
+    ("bookworm", "/sbin/depmod", "/bin/systemd-hwdb"),
+    ("trixie", "/usr/sbin/depmod", "/usr/bin/systemd-hwdb"),
+])
+def test_module_index_and_hwdb_are_written_by_the_host(suite: str, depmod: str,
+                                                       hwdb: str) -> None:
+    spec = dataclasses.replace(SPEC, suite=suite)
+    ess, cust = essential_hook(suite), customize_hook(spec)
+    assert native_tools(suite) == (depmod, hwdb)
+    for tool in (depmod, hwdb):
+        # the path dpkg installs in that suite is diverted, and given back first
+        assert f"--divert {tool}.pibake --add {tool}" in ess
+        assert cust.index(f"--rename --remove {tool}") < cust.index('depmod -b "$root"')
+    # the host's tools, on the chroot's files, before the initrd needs modules.dep
+    assert 'depmod -b "$root" -a "$(basename "$dir")"' in cust
+    assert 'systemd-hwdb --root "$root" --usr update' in cust
+    assert cust.index('depmod -b "$root"') < cust.index("update-initramfs -c")
+
+
+def test_docs_man_pages_and_translations_are_not_installed() -> None:
+    argv = mmdebstrap_argv(SPEC, Path("/s"), Path("/h"), Path("/o"), None)
+    opts = [a.split("=", 1)[1] for a in argv if a.startswith("--dpkgopt=path-")]
+    assert opts == list(DPKG_EXCLUDES)
+    # licences stay; every exclude comes before the include that narrows it
+    assert "path-include=/usr/share/doc/*/copyright" in opts
+    assert opts.index("path-exclude=/usr/share/doc/*") < opts.index(
+        "path-include=/usr/share/doc/*/copyright")
 
 
 def test_customize_hook_resets_identity() -> None:
@@ -285,6 +316,24 @@ def test_real_arm64_base(arm64_base_tar: Path, tmp_path: Path) -> None:  # noqa:
     assert "etc/ssl/certs/ca-certificates.crt" in names
     assert len([n for n in names if n.startswith("etc/ssl/certs/")]) > 100
     assert not [n for n in names if n.endswith(".pibake")]
+    # depmod and systemd-hwdb are the packages' own again, and the host wrote
+    # their databases: the module index for every kernel, udev's hwdb.
+    for tool in native_tools(ARM64_SPEC.suite):
+        member = byname[tool.lstrip("/")]
+        assert member.issym() or member.size > 100, tool
+    versions = {n.split("/")[3] for n in names if n.startswith("usr/lib/modules/")
+                and n.count("/") >= 3}
+    assert versions
+    for version in versions:
+        for index in ("modules.dep", "modules.dep.bin", "modules.alias.bin"):
+            assert byname[f"usr/lib/modules/{version}/{index}"].size > 1000, (version, index)
+    assert byname["usr/lib/udev/hwdb.bin"].size > 1_000_000
+    # No documentation, manual pages or translations; the licences stay.
+    assert not [n for n in names if n.startswith(("usr/share/man/", "usr/share/locale/",
+                                                  "usr/share/info/"))
+                and byname[n].isfile() and n != "usr/share/locale/locale.alias"]
+    docs = [n for n in names if n.startswith("usr/share/doc/") and byname[n].isfile()]
+    assert docs and all(n.endswith("/copyright") for n in docs), docs[:5]
     # The module list went into the initrd.
     p = tmp_path / "initrd"
     p.write_bytes(initrd)

@@ -144,7 +144,7 @@ def spec_key(spec: BootstrapSpec, apt_dir: Path = Path("/etc/apt")) -> str:
         sources = ""
     return cache.key_of(
         "bootstrap", RECIPE_VERSION, asdict(spec), BASE_PACKAGES, sources,
-        essential_hook(), customize_hook(spec),
+        essential_hook(spec.suite), customize_hook(spec),
     )
 
 
@@ -299,36 +299,78 @@ def _other(suite: str) -> str:
 # from 30 s (update-ca-certificates) to minutes (update-initramfs) emulated.
 _DEFERRED = ("/usr/sbin/update-initramfs", "/usr/sbin/update-ca-certificates")
 
+# Generators whose output does not depend on the machine that runs them: the
+# module index (depmod) and udev's hardware database (systemd-hwdb). Emulated
+# they cost about 55 s and 50 s of a cold arm64 base; the host's own tools
+# write the same databases from the chroot's files in about 7 s in all.
+# Debian moved them under /usr in trixie; dpkg diverts the path it installs.
+_NATIVE_OLD = ("/sbin/depmod", "/bin/systemd-hwdb")
+_NATIVE = ("/usr/sbin/depmod", "/usr/bin/systemd-hwdb")
+_OLD_LAYOUT = frozenset({"stretch", "buster", "bullseye", "bookworm"})
 
-def essential_hook() -> str:
-    """Divert the slow generators to no-ops while packages install. Placeholder
-    SSH host keys keep openssh-server from generating keys under emulation that
-    are deleted anyway."""
-    lines = ["set -eu", 'root="$1"', 'mkdir -p "$root/etc/ssh" "$root/usr/sbin"',
-             'for t in rsa ecdsa ed25519; do : > "$root/etc/ssh/ssh_host_${t}_key"; done']
-    for path in _DEFERRED:
+# Documentation, manual pages and translations are not installed (dpkg
+# path-excludes, kept in the image so that later installs skip them too);
+# licences stay. About 11% of a base's bytes and 4,000 files fewer to unpack.
+DPKG_EXCLUDES: tuple[str, ...] = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+)
+
+
+def native_tools(suite: str) -> tuple[str, ...]:
+    """Where ``suite``'s packages install depmod and systemd-hwdb."""
+    return _NATIVE_OLD if suite in _OLD_LAYOUT else _NATIVE
+
+
+def _divert_to_noop(paths: tuple[str, ...]) -> list[str]:
+    lines = []
+    for path in paths:
         lines += [
             f'chroot "$root" dpkg-divert --quiet --local --rename --divert {path}.pibake '
             f"--add {path}",
             f"printf '#!/bin/sh\\nexit 0\\n' > \"$root{path}\"",
             f'chmod 755 "$root{path}"',
         ]
+    return lines
+
+
+def _undivert(paths: tuple[str, ...]) -> str:
+    return "".join(
+        f'rm -f "$root{path}"\n'
+        f'chroot "$root" dpkg-divert --quiet --local --rename --remove {path}\n'
+        for path in paths
+    )
+
+
+def essential_hook(suite: str) -> str:
+    """Divert the slow generators to no-ops while packages install. Placeholder
+    SSH host keys keep openssh-server from generating keys under emulation that
+    are deleted anyway."""
+    lines = ["set -eu", 'root="$1"', 'mkdir -p "$root/etc/ssh" "$root/usr/sbin"',
+             'for t in rsa ecdsa ed25519; do : > "$root/etc/ssh/ssh_host_${t}_key"; done']
+    lines += _divert_to_noop(_DEFERRED + native_tools(suite))
     return "\n".join(lines) + "\n"
 
 
 def customize_hook(spec: BootstrapSpec) -> str:
-    """Configure initramfs and raspi-firmware, build the initrd once, reset identity."""
+    """Write the module index and the hardware database with the host's tools,
+    configure initramfs and raspi-firmware, build the initrd once, reset identity."""
     modules = " ".join(spec.initramfs_modules)
     forced = "\n".join(spec.initramfs_forced)
     consoles = f"tty0 {console_for_arch(spec.arch)},115200"
-    undivert = "".join(
-        f'rm -f "$root{path}"\n'
-        f'chroot "$root" dpkg-divert --quiet --local --rename --remove {path}\n'
-        for path in _DEFERRED
-    )
+    undivert = _undivert(_DEFERRED + native_tools(spec.suite))
     return f"""set -eu
 root="$1"
-{undivert}chroot "$root" update-ca-certificates >/dev/null
+{undivert}for dir in "$root"/lib/modules/*/; do
+    if [ -d "$dir" ]; then depmod -b "$root" -a "$(basename "$dir")"; fi
+done
+if [ -d "$root/usr/lib/udev/hwdb.d" ]; then systemd-hwdb --root "$root" --usr update; fi
+chroot "$root" update-ca-certificates >/dev/null
 printf 'MODULES=list\\n' > "$root/etc/initramfs-tools/conf.d/pibake.conf"
 cat >> "$root/etc/initramfs-tools/modules" <<'EOF'
 # added by pibake: loaded on every boot (the root file system)
@@ -378,6 +420,7 @@ def mmdebstrap_argv(
         "--aptopt=Acquire::Languages \"none\"",
         "--aptopt=Acquire::Retries \"3\"",
         "--dpkgopt=force-confold",
+        *(f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES),
         # Its machine-id reset writes an empty file; customize.sh writes
         # "uninitialized" and does the rest of that cleanup itself.
         "--skip=cleanup/reproducible",
@@ -411,7 +454,7 @@ def bootstrap_rootfs(spec: BootstrapSpec, out_tar: Path, apt_cache: Path | None)
     with log.step(f"bootstrap {spec.suite}/{spec.arch} with {spec.kernel}"), \
             tempfile.TemporaryDirectory(prefix="pibake-bootstrap-") as tmp:
         hooks = Path(tmp)
-        (hooks / "essential.sh").write_text(essential_hook())
+        (hooks / "essential.sh").write_text(essential_hook(spec.suite))
         (hooks / "customize.sh").write_text(customize_hook(spec))
         sources_file = hooks / "pibake.sources"
         sources_file.write_text(sources.text)

@@ -48,8 +48,8 @@ cluster-test: venv
 test: venv
 	$(PY) -m pytest -m "netns or not roles" $(PYTEST_ARGS)
 
-# On demand: the shipped roles built and booted, the trixie base booted (extra
-# bootstraps and role builds that do not fit CI's window beside the rest).
+# On demand: the shipped inventory's roles built and booted (heavy emulated role
+# builds that do not fit CI's window beside the rest; see README "Tests").
 test-roles: venv
 	$(PY) -m pytest -m roles $(PYTEST_ARGS)
 

@@ -1,21 +1,32 @@
 """Package-generated secrets: the role stage removes them from a role tree and
-records them."""
+records them; the host stage installs the unit that makes each node's own."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from builder.content.hostlayer import (
+    PACKAGE_SECRETS_SCRIPT,
+    PACKAGE_SECRETS_UNIT,
+    RoleFacts,
+    host_delta,
+    package_secret_entries,
+    standin_facts,
+)
 from builder.emulate.pkgsecrets import (
     PACKAGE_SECRETS,
+    Removed,
     RemovedFile,
     removed_from_meta,
     strip_package_secrets,
 )
-from builder.plan import ROLE_CODE
+from builder.inventory.config import load_inventory
+from builder.plan import ROLE_CODE, plan_hosts
 
 SNAKEOIL_PEM = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
 
@@ -122,3 +133,91 @@ def test_the_table_names_are_unique_and_paths_absolute() -> None:
 
 def test_the_table_is_in_the_role_key() -> None:
     assert any(p.name == "pkgsecrets.py" for p in ROLE_CODE)
+
+
+def facts_with(removed: tuple[Removed, ...]) -> RoleFacts:
+    return RoleFacts(passwd="", cmdline="", dhcpcd_conf="", package_secrets=removed)
+
+
+def entries(removed: tuple[Removed, ...]) -> dict[str, str]:
+    return {e.path: e.data.decode() if e.kind == "file" else f"-> {e.target}"
+            for e in package_secret_entries(facts_with(removed))}
+
+
+def test_the_unit_makes_only_what_the_role_had(role_tree: Path) -> None:
+    removed = tuple(r for r in strip_package_secrets(role_tree) if r.name != "ssl-cert-snakeoil")
+    files = entries(removed)
+    unit = f"/etc/systemd/system/{PACKAGE_SECRETS_UNIT}"
+    assert files[f"/etc/systemd/system/multi-user.target.wants/{PACKAGE_SECRETS_UNIT}"] == \
+        f"-> {unit}"
+    assert "Before=bind9.service named.service\n" in files[unit]
+    script = files[PACKAGE_SECRETS_SCRIPT]
+    assert "rndc-confgen -a" in script and "make-ssl-cert" not in script
+    assert 'chown 101:102 "$ROOT/etc/bind/rndc.key"' in script
+    assert 'chmod 0640 "$ROOT/etc/bind/rndc.key"' in script
+
+
+def test_no_unit_when_nothing_needs_a_tool(role_tree: Path) -> None:
+    """SSH host keys come from the secrets store, machine-id from the host
+    stage, the random seed from systemd itself: no unit for those."""
+    removed = tuple(r for r in strip_package_secrets(role_tree)
+                    if r.name not in ("rndc-key", "ssl-cert-snakeoil"))
+    assert removed and entries(removed) == {}
+    assert entries(()) == {}
+
+
+def test_planning_without_a_role_writes_no_unit(mini: Path) -> None:
+    plan = plan_hosts(load_inventory(mini), ("node-01",))[0]
+    paths = {e.path for e in host_delta(plan, standin_facts(plan)).root}
+    assert PACKAGE_SECRETS_SCRIPT not in paths
+
+
+STUBS = {
+    # the packages' tools, writing under $PIBAKE_FIRSTBOOT_ROOT, and a log of calls
+    "rndc-confgen": 'echo "rndc-confgen $*" >> "$LOG"\n'
+                    'echo key > "$PIBAKE_FIRSTBOOT_ROOT/etc/bind/rndc.key"\n',
+    "make-ssl-cert": 'echo "make-ssl-cert $*" >> "$LOG"\n'
+                     'echo key > "$PIBAKE_FIRSTBOOT_ROOT/etc/ssl/private/ssl-cert-snakeoil.key"\n'
+                     'echo pem > "$PIBAKE_FIRSTBOOT_ROOT/etc/ssl/certs/ssl-cert-snakeoil.pem"\n',
+    "chown": 'echo "chown $*" >> "$LOG"\n',
+    "chmod": 'echo "chmod $*" >> "$LOG"\n',
+}
+
+
+def run_script(script: str, root: Path, tmp_path: Path) -> tuple[str, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in STUBS.items():
+        put(bin_dir, name, "#!/bin/sh\n" + body, 0o755)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    (tmp_path / "script").write_text(script)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log),
+           "PIBAKE_FIRSTBOOT_ROOT": str(root)}
+    done = subprocess.run(["sh", str(tmp_path / "script")], env=env, capture_output=True,
+                          text=True, check=True)
+    return done.stdout.strip(), [line.replace(str(root), "") for line in
+                                 log.read_text().splitlines()]
+
+
+def test_the_script_makes_each_once_with_the_packages_owners(role_tree: Path,
+                                                             tmp_path: Path) -> None:
+    removed = strip_package_secrets(role_tree)
+    script = entries(removed)[PACKAGE_SECRETS_SCRIPT]
+    out, calls = run_script(script, role_tree, tmp_path)
+    assert out == "package-secrets: made rndc-key ssl-cert-snakeoil"
+    assert calls == [
+        "rndc-confgen -a",
+        "chown 101:102 /etc/bind/rndc.key", "chmod 0640 /etc/bind/rndc.key",
+        "make-ssl-cert generate-default-snakeoil --force-overwrite",
+        f"chown 0:0 {SNAKEOIL_PEM}", f"chmod 0644 {SNAKEOIL_PEM}",
+        "chown 0:110 /etc/ssl/private/ssl-cert-snakeoil.key",
+        "chmod 0640 /etc/ssl/private/ssl-cert-snakeoil.key"]
+    # every boot runs it: a second run changes nothing
+    assert run_script(script, role_tree, tmp_path) == (
+        "package-secrets: all present; nothing to do", [])
+    # one half of the pair lost: the pair is made again
+    (role_tree / "etc/ssl/private/ssl-cert-snakeoil.key").unlink()
+    out, calls = run_script(script, role_tree, tmp_path)
+    assert out == "package-secrets: made ssl-cert-snakeoil"
+    assert calls[0] == "make-ssl-cert generate-default-snakeoil --force-overwrite"

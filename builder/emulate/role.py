@@ -113,8 +113,8 @@ def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: st
         lock_passwords(tree)
         removed = strip_package_secrets(tree)
         if removed:
-            log.info("    package secrets left for each host's first boot: "
-                     + ", ".join(r.name for r in removed))
+            log.info("    package-generated secrets kept out of the role (each host gets "
+                     "its own): " + ", ".join(r.name for r in removed))
         packages = dpkg_versions(tree)
         facts = {
             "passwd": _read_text(tree / "etc/passwd"),

@@ -26,6 +26,7 @@ from typing import Any
 from builder import __version__, cache, log
 from builder.content.hostlayer import RoleFacts, disk_id
 from builder.content.identity import host_identity
+from builder.emulate.pkgsecrets import removed_from_meta
 from builder.errors import BuildError, NoSpaceError, PibakeError
 from builder.image.assemble import assemble_disk, partuuid
 from builder.image.inputs import image_inputs
@@ -170,7 +171,8 @@ def role_artifact(plan: HostPlan, base: BaseArtifact) -> tuple[RoleArtifact, boo
     meta, cached = cache.use(folder, ROLE_FILES, lambda: build_role(
         plan, base.tar, base.cmdline, base.boot_mount, folder, apt_cache_dir()))
     facts = RoleFacts(passwd=meta["passwd"], cmdline=meta["cmdline"],
-                      dhcpcd_conf=meta["dhcpcd_conf"], group=meta.get("group", ""))
+                      dhcpcd_conf=meta["dhcpcd_conf"], group=meta.get("group", ""),
+                      package_secrets=removed_from_meta(meta.get("package_secrets", [])))
     return RoleArtifact(plan.role_key, folder, facts, meta["packages"]), cached
 
 

@@ -32,7 +32,7 @@ RECIPE_VERSION = 1  # bump when a stage's recipe changes what it produces
 # The code that turns a base and layers into a role's partition images: its
 # text enters the role key, so a role built by older pibake code is not reused.
 ROLE_CODE = tuple(Path(__file__).resolve().parent / p for p in (
-    "emulate/role.py", "emulate/chroot.py"))
+    "emulate/role.py", "emulate/chroot.py", "emulate/pkgsecrets.py"))
 # ... and the file-system makers of image/assemble.py (not the whole module:
 # the host stage's writers there do not shape a role).
 ROLE_FS_FUNCTIONS = ("ext4_size_for", "_scan", "_journal_bytes", "_inode_count", "make_ext4",

@@ -43,7 +43,8 @@ def test_every_host_file_comes_from_a_template(mini: Path) -> None:
     assert sorted(p.name for p in HOSTFILES_DIR.glob("*.j2")) == [
         "10-pibake-lan.network.j2", "cmdline.txt.j2", "dhcpcd.block.j2", "firstboot.env.j2",
         "fstab.j2", "hostname.j2", "hosts.j2", "machine-id.j2", "pibake-lan.nmconnection.j2",
-        "raspi-firmware.j2", "resolv.conf.j2"]
+        "pibake-package-secrets.j2", "pibake-package-secrets.service.j2", "raspi-firmware.j2",
+        "resolv.conf.j2"]
 
 
 def test_template_owners_resolve_in_the_role(mini: Path, edit: Callable[..., Path]) -> None:

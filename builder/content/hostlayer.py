@@ -21,6 +21,7 @@ import jinja2
 
 from builder.content.render import Rendered, strict_env
 from builder.emulate.bootstrap import PI_FAMILIES
+from builder.emulate.pkgsecrets import Removed, to_make_again
 from builder.errors import BuildError, ConfigError
 from builder.image.assemble import Entry, partuuid
 from builder.inventory.layers import resolve_owner
@@ -38,6 +39,10 @@ STATUS_FILE = "pibake-firstboot.txt"
 BOOT_MOUNT_OPTIONS = "defaults,x-systemd.automount"
 # The runner, and the unit that creates SSH host keys before sshd first starts.
 UNITS = ("pibake-firstboot.service", "pibake-ssh-host-keys.service")
+# ... and the one that makes the secrets the role's packages made at install
+# time, per node (written only when the role had any; see package_secret_entries).
+PACKAGE_SECRETS_UNIT = "pibake-package-secrets.service"
+PACKAGE_SECRETS_SCRIPT = "/usr/local/sbin/pibake-package-secrets"
 
 
 
@@ -50,6 +55,8 @@ class RoleFacts:
     dhcpcd_conf: str       # /etc/dhcpcd.conf of the role image ("" when absent)
     group: str = ""        # /etc/group of the role image
     standin: bool = False  # planning without a role: accounts made by packages are unknown
+    # the package-generated secrets the role stage removed (emulate/pkgsecrets.py)
+    package_secrets: tuple[Removed, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,29 @@ def firstboot_entries(plan: HostPlan) -> list[Entry]:
     return entries
 
 
+def package_secret_entries(facts: RoleFacts) -> list[Entry]:
+    """The unit and script that make this node's own copies of the secrets the
+    role stage removed, before the services that read them; nothing when the
+    role had none that a tool must make again."""
+    # (a role with a stray hash link alone has nothing to check for)
+    wanted = [r for r in to_make_again(facts.package_secrets)
+              if any(f.kind == "file" for f in r.files)]
+    if not wanted:
+        return []
+    secrets = [{"name": r.name, "package": r.secret.package, "regenerate": r.secret.regenerate,
+                "files": [{"path": f.path, "uid": f.uid, "gid": f.gid, "mode": f"{f.mode:04o}"}
+                          for f in r.files if f.kind == "file"]}
+               for r in wanted]
+    before = sorted({unit for r in wanted for unit in r.secret.before})
+    unit = f"/etc/systemd/system/{PACKAGE_SECRETS_UNIT}"
+    return [
+        _file(PACKAGE_SECRETS_SCRIPT, _render("pibake-package-secrets", {"secrets": secrets}),
+              0o755),
+        _file(unit, _render("pibake-package-secrets.service", {"before": before})),
+        _link(f"/etc/systemd/system/multi-user.target.wants/{PACKAGE_SECRETS_UNIT}", unit),
+    ]
+
+
 def host_delta(plan: HostPlan, facts: RoleFacts,
                rendered: tuple[Rendered, ...] | None = None) -> HostDelta:
     """The host's files; ``rendered``: the layer templates rendered with the
@@ -242,6 +272,7 @@ def host_delta(plan: HostPlan, facts: RoleFacts,
         _file(posixpath.join(home, ".ssh/authorized_keys"), keys, 0o600, uid, gid),
     ]
     root += firstboot_entries(plan)
+    root += package_secret_entries(facts)
     root.append(_file("/etc/pibake/host.json", json.dumps(
         {"host": host, "cluster": cluster.name, "layers": list(plan.layer_names),
          "base": base.name}, indent=2, sort_keys=True) + "\n"))

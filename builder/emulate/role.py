@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder import cache, log
+from builder.emulate.pkgsecrets import strip_package_secrets
 from builder.errors import BuildError
 from builder.image.assemble import ext4_size_for, make_ext4, make_vfat
 from builder.image.reproducible import normalize_tree, pin_inode_ctimes, source_date_epoch
@@ -110,6 +111,10 @@ def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: st
                         chroot.run_hook(hook, dict(plan.hook_envs[layer.name]))
                     apply_owners(layer, tree)
         lock_passwords(tree)
+        removed = strip_package_secrets(tree)
+        if removed:
+            log.info("    package-generated secrets kept out of the role (each host gets "
+                     "its own): " + ", ".join(r.name for r in removed))
         packages = dpkg_versions(tree)
         facts = {
             "passwd": _read_text(tree / "etc/passwd"),
@@ -135,7 +140,8 @@ def build_role(plan: HostPlan, base_tar: Path, base_cmdline: str, boot_mount: st
             make_vfat(boot_tree, tmp / "boot.vfat", label="bootfs",
                       volume_id=folder.name[:8])
             meta = {**facts, "packages": packages, "layers": list(plan.layer_names),
-                    "base": plan.base_key}
+                    "base": plan.base_key,
+                    "package_secrets": [r.as_json() for r in removed]}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta
 

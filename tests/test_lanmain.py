@@ -231,6 +231,12 @@ def test_kea_ctrl_agent_listens_on_own_address_with_the_pairs_password(tmp_path:
     assert len(peer["basic-auth-password"]) == 32
     again = kea_json(stored("lm-b")["/etc/kea/kea-ctrl-agent.conf"])["Control-agent"]
     assert again["authentication"] == a["authentication"]
+    # trixie's kea-ctrl-agent.service starts only if this file is not empty
+    # (ConditionFileNotEmpty): the same password, alone, readable by Kea's user
+    for host in ("lm-a", "lm-b"):
+        api = stored(host)["/etc/kea/kea-api-password"]
+        assert api.data.decode() == peer["basic-auth-password"] + "\n"
+        assert (api.mode, api.owner, api.secrets) == (0o640, "root:_kea", ("lanmain_ha_api",))
     xfer = stored("lm-b")["/etc/bind/pibake/xfer.key"]
     assert store.value("lanmain_xfer", "secret") in xfer.data.decode()
     assert xfer.secrets == ("lanmain_xfer",) and xfer.mode == 0o640

@@ -23,7 +23,8 @@ from builder.inventory.facts import lanmain_context
 from builder.inventory.layers import Layer
 from builder.inventory.rolefacts import role_view
 
-HEADER_EXEMPT_SUFFIXES = (".json", "_key")  # formats without comments (JSON, SSH private keys)
+# Formats without comments: JSON, SSH private keys, password files.
+HEADER_EXEMPT_SUFFIXES = (".json", "_key", "-password")
 
 
 @dataclass(frozen=True)

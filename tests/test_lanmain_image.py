@@ -74,6 +74,10 @@ def test_primary_image_has_its_services_configured_and_enabled(pair: dict[str, o
     assert "z /etc/bind/pibake/xfer.key 0640 root bind -" in tmpfiles
     groups = root.read("/etc/group")
     assert re.search(r"^bind:", groups, re.M) and re.search(r"^_kea:", groups, re.M)
+    kea_gid = int(re.search(r"^_kea:[^:]*:(\d+):", groups, re.M).group(1))  # type: ignore[union-attr]
+    # owners: names looked up in the image after the packages made the group
+    assert root.owner_mode("/etc/kea/kea-api-password") == (0, kea_gid, 0o640)
+    assert root.read("/etc/kea/kea-api-password").strip() in kea
     assert "type primary;" in root.read("/etc/bind/named.conf.local")
     assert "; serial" in root.read("/etc/bind/pibake/db.forward")
     wants = root.debugfs("ls /etc/systemd/system/multi-user.target.wants")

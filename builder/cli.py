@@ -330,6 +330,25 @@ def secrets_rotate(ctx: click.Context, name: str) -> None:
                f"pibake build {' '.join(rebuild)}")
 
 
+@secrets.command("sign-user")
+@click.argument("pubkey", type=click.Path(path_type=Path))
+@click.option("--principal", default=None,
+              help="Account the certificate logs in as (default: cluster.admin.user).")
+@click.option("--validity", default="52w", show_default=True,
+              help="How long it is valid: 52w, 30d, 12h, or forever.")
+@click.pass_context
+def secrets_sign_user(ctx: click.Context, pubkey: Path, principal: str | None,
+                      validity: str) -> None:
+    """Certify PUBKEY (your ~/.ssh/id_*.pub) with the cluster's user CA: every node
+    then accepts that key for the admin account, with no authorized_keys line."""
+    from builder.content.secrets import Store
+
+    inv = _inventory(ctx)
+    user = principal or inv.cluster.admin.user
+    cert, valid = Store.at(inv).sign_user(pubkey, user, validity)
+    click.echo(f"{cert}: logs in as {user} on every node of {inv.cluster.name}; {valid}")
+
+
 @cli.command("ssh-config")
 @click.pass_context
 def ssh_config(ctx: click.Context) -> None:

@@ -424,3 +424,54 @@ def test_a_new_address_gets_a_new_certificate_for_the_same_key(
             "node-01's current names (node-01, node-01.mini.lan, 192.168.77.25); rebuild "
             "node-01\n") in capsys.readouterr().err
     assert "192.168.77.25" in (proj / "secrets/known_hosts").read_text()
+
+
+def test_sign_user_certifies_a_login_key_with_the_user_ca(
+        proj: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ssh_dir = tmp_path / "laptop"
+    ssh_dir.mkdir()
+    key = ssh_dir / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f",
+                    str(key)], check=True)
+    code, out, err = run_cli(capsys, "-C", str(proj), "secrets", "sign-user", f"{key}.pub")
+    cert = ssh_dir / "id_ed25519-cert.pub"           # beside the key: where ssh looks
+    assert code == 0, err
+    assert out.startswith(f"{cert}: logs in as admin on every node of mini; Valid: from ")
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True,
+                           text=True, check=True).stdout
+    ca = subprocess.run(["ssh-keygen", "-l", "-f", str(proj / "secrets/ca/ssh_user_ca.pub")],
+                        capture_output=True, text=True, check=True).stdout.split()[1]
+    assert "user certificate" in shown and f"Signing CA: ED25519 {ca}" in shown
+    assert "Principals: \n                admin\n" in shown
+    assert 'Key ID: "mini:admin:me@laptop"' in shown
+    # the CA private key stays in the store; only the certificate is written outside it
+    assert sorted(p.name for p in ssh_dir.iterdir()) == [
+        "id_ed25519", "id_ed25519-cert.pub", "id_ed25519.pub"]
+    code, out, err = run_cli(capsys, "-C", str(proj), "secrets", "sign-user", "--principal",
+                             "ops", "--validity", "forever", f"{key}.pub")
+    assert (code, err) == (0, "") and out.endswith("logs in as ops on every node of mini; "
+                                                   "Valid: forever\n")
+
+
+@pytest.mark.parametrize(("name", "content", "option", "expected"), [
+    ("id_ed25519", "KEY", None,
+     "{p}: not a public key file (*.pub); name the .pub file, never the private key"),
+    ("nope.pub", None, None,
+     "{p}: no such file; name your SSH public key (e.g. ~/.ssh/id_ed25519.pub)"),
+    ("junk.pub", "junk\n", None,
+     "{p}: not an SSH public key; name the .pub file ssh-keygen wrote beside your private key"),
+    ("id_ed25519.pub", "KEY.pub", "3years",
+     "--validity '3years': expected a duration such as 52w, 30d or 12h, or forever"),
+])
+def test_sign_user_bad_input_is_one_line_and_exit_7(
+        proj: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+        content: str | None, option: str | None, expected: str) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    path = tmp_path / name
+    if content not in (None, "KEY", "KEY.pub"):
+        path.write_text(str(content))
+    args = ["--validity", option] if option else []
+    code, out, err = run_cli(capsys, "-C", str(proj), "secrets", "sign-user", *args, str(path))
+    assert (code, out, err) == (7, "", f"pibake: error: {expected.format(p=path)}\n")
+    assert not list(tmp_path.glob("*-cert.pub"))

@@ -149,8 +149,8 @@ def test_a_booted_node_proves_its_stored_identity(built: tuple[Path, Path, dict[
         user_key = tmp_path / "id_user"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user_key)],
                        check=True)
-        subprocess.run(["ssh-keygen", "-q", "-s", str(store.path / "ca/ssh_user_ca"), "-I",
-                        "test", "-n", "admin", "-V", "+1h", str(user_key) + ".pub"], check=True)
+        signed = pibake(project, "secrets", "sign-user", "--validity", "1h", f"{user_key}.pub")
+        assert signed.returncode == 0, signed.stderr
         by_cert = _ssh(port, user_key, "node-01", known)
         assert (by_cert.returncode, by_cert.stdout.strip()) == (0, "node-01"), by_cert.stderr
     finally:

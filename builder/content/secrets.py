@@ -456,6 +456,38 @@ class Store:
         return self.read(item.files[-1]).rstrip("\n") if kind is SecretKind.password \
             else self.read(item.files[-1])
 
+    def sign_user(self, pub: Path, principal: str, validity: str) -> tuple[Path, str]:
+        """Certify the SSH public key ``pub`` with the user CA for logins as
+        ``principal``; the certificate goes beside it as ``NAME-cert.pub``,
+        where ssh looks for it. Returns the certificate and its validity line."""
+        keygen = which("ssh-keygen", "openssh-client")
+        if not pub.is_file():
+            raise SecretsError(f"{pub}: no such file; name your SSH public key "
+                               "(e.g. ~/.ssh/id_ed25519.pub)")
+        if not pub.name.endswith(".pub"):
+            raise SecretsError(f"{pub}: not a public key file (*.pub); name the .pub file, "
+                               "never the private key")
+        probe = run([keygen, "-l", "-f", pub], capture=True, check=False, what="ssh-keygen -l")
+        if probe.returncode != 0 or "-cert.pub" in pub.name:
+            raise SecretsError(f"{pub}: not an SSH public key; name the .pub file ssh-keygen "
+                               "wrote beside your private key")
+        if not re.fullmatch(r"\+?\d+[mhdw]|forever", validity):
+            raise SecretsError(f"--validity {validity!r}: expected a duration such as 52w, "
+                               "30d or 12h, or forever")
+        self.ensure(["ssh_user_ca"])
+        comment = pub.read_text().split()[2:3] or [pub.stem]
+        argv: list[str | os.PathLike[str]] = [
+            keygen, "-q", "-s", self.path / "ca/ssh_user_ca",
+            "-I", f"{self.inv.cluster.name}:{principal}:{comment[0]}", "-n", principal]
+        if validity != "forever":
+            argv += ["-V", "+" + validity.lstrip("+")]
+        run([*argv, pub], what="ssh-keygen -s")
+        cert = pub.with_name(pub.name.removesuffix(".pub") + "-cert.pub")
+        shown = run([keygen, "-L", "-f", cert], capture=True, what="ssh-keygen -L")
+        valid = next((ln.strip() for ln in shown.stdout.decode().splitlines()
+                      if ln.strip().startswith("Valid:")), "Valid: ?")
+        return cert, valid
+
     def host_hmac(self, host: str, purpose: str) -> bytes:
         """A value unique to ``host`` and ``purpose`` that nobody without the store can guess."""
         key = self.read(f"hosts/{host}/host_secret").strip().encode()

@@ -8,12 +8,12 @@ architecture.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from builder.errors import PreflightError
 from builder.inventory.bases import BaseKind
+from builder.run import find
 
 if TYPE_CHECKING:
     from builder.plan import HostPlan
@@ -39,7 +39,7 @@ STAGE_TOOLS: dict[str, tuple[Tool, ...]] = {
 
 
 def found(tool: str) -> str | None:
-    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    return find(tool)
 
 
 def stages_for(base_kinds: Iterable[BaseKind], role: bool, compression: str) -> list[str]:

@@ -20,9 +20,18 @@ from builder.errors import BuildError, NoSpaceError, PreflightError
 _children: set[subprocess.Popen[bytes]] = set()
 
 
+# Where daemons and admin tools live when PATH lacks them (a plain user's shell).
+_SYSTEM_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
+
+
+def find(tool: str) -> str | None:
+    """Path of ``tool`` on PATH or in the system's bin and sbin folders; None if absent."""
+    return shutil.which(tool) or shutil.which(tool, path=_SYSTEM_PATH)
+
+
 def which(tool: str, package: str) -> str:
     """Path of ``tool`` or a PreflightError naming the Debian package to install."""
-    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    path = find(tool)
     if path is None:
         raise PreflightError(f"'{tool}' not found; install it: apt-get install {package}")
     return path

@@ -1,6 +1,8 @@
-"""One place per fact: the KVM decision, the serial consoles."""
+"""One place per fact: the KVM decision, the serial consoles, the host tool lookup."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,12 @@ def test_bootstrap_and_host_layer_name_the_same_console(model: str) -> None:
     assert console_for_arch(family.arch) == family.console
     assert f'CONSOLES="tty0 {family.console},115200"' in customize_hook(
         spec_for(model, "bookworm"))
+
+
+def test_host_tools_are_looked_up_in_one_place() -> None:
+    # run.find (PATH, then the system's sbin and bin folders) is the one lookup:
+    # the preflight table, the daemons' checkers and every child process use it.
+    builder = Path(__file__).resolve().parents[1] / "builder"
+    users = sorted(p.relative_to(builder).as_posix() for p in builder.rglob("*.py")
+                   if "shutil.which(" in p.read_text())
+    assert users == ["run.py"]

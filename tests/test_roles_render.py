@@ -252,8 +252,7 @@ def test_a_missing_checker_is_named_with_its_package(
     conf = tmp_path / "etc/haproxy/haproxy.cfg"
     conf.parent.mkdir(parents=True)
     conf.write_text("global\n")
-    monkeypatch.setattr("builder.content.rolecheck.shutil.which", lambda name: None)
-    monkeypatch.setattr("builder.content.rolecheck.SBIN_DIRS", ())
+    monkeypatch.setattr("builder.content.rolecheck.find", lambda name: None)
     assert check_tree(tmp_path) == [
         "/etc/haproxy/haproxy.cfg: haproxy is not installed on this host to check it; "
         "install it: apt-get install haproxy (scripts/setup-host.sh does)"]

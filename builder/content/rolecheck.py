@@ -21,7 +21,6 @@ import hashlib
 import ipaddress
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -32,17 +31,15 @@ from builder.content.checkers import stage
 from builder.content.render import Rendered
 from builder.errors import ConfigError, PreflightError
 from builder.inventory.rolefacts import NFS_OPTIONS, NFS_VALUED_OPTIONS
+from builder.run import find
 
 TIMEOUT = 60
-# Where daemons live when PATH lacks the sbin folders (a plain user's shell).
-SBIN_DIRS = ("/usr/sbin", "/sbin")
 
 Checker = Callable[[Path, Path, bool], list[str]]
 
 
 def _tool(name: str, package: str, require: bool, shown: str) -> tuple[str | None, list[str]]:
-    path = shutil.which(name) or next(
-        (str(p) for p in (Path(d) / name for d in SBIN_DIRS) if p.exists()), None)
+    path = find(name)
     if path is None and require:
         return None, [f"{shown}: {name} is not installed on this host to check it; install it: "
                       f"apt-get install {package} (scripts/setup-host.sh does)"]

@@ -11,7 +11,6 @@ resumes. A cached, verified image is used without touching the network.
 from __future__ import annotations
 
 import errno
-import fcntl
 import gzip
 import lzma
 import os
@@ -20,8 +19,6 @@ import sys
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -30,7 +27,7 @@ import requests
 import urllib3
 
 from builder import log
-from builder.cache import atomic_dir, cache_dir, sha256_file
+from builder.cache import atomic_dir, cache_dir, exclusive, sha256_file
 from builder.errors import DownloadError
 
 MARKER = "verified"
@@ -63,7 +60,10 @@ def fetch(
     if _is_cached(entry, image):
         return image
     bases.mkdir(parents=True, exist_ok=True)
-    with _locked(bases):
+    locks = bases.parent / "locks"     # beside the entries, as the cache's other locks
+    locks.mkdir(exist_ok=True)
+    with exclusive(locks / "bases-download.lock", f"base '{name}': another pibake is "
+                   "downloading into the cache; waiting for it", log.notice):
         if _is_cached(entry, image):  # another pibake finished it while we waited
             return image
         try:
@@ -77,17 +77,6 @@ def fetch(
 
 def _is_cached(entry: Path, image: Path) -> bool:
     return (entry / MARKER).is_file() and image.is_file()
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Serialise downloads across pibake processes that share a cache."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _fetch_locked(

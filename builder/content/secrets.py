@@ -23,7 +23,6 @@ the ``secrets`` module. Nothing is ever overwritten except by ``rotate``.
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import hmac
 import os
@@ -38,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import log
+from builder import cache, log
 from builder.errors import ConfigError, SecretsError
 from builder.inventory.config import Inventory
 from builder.inventory.layers import CA_SECRETS, SecretKind
@@ -227,8 +226,8 @@ class Store:
         self.check()
         old_umask = os.umask(0o077)     # whatever a tool writes here is private
         try:
-            with open(self.path / ".lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with cache.exclusive(self.path / ".lock", f"{self.shown}: another pibake is "
+                                 "writing the secrets store; waiting for it", log.notice):
                 for stale in self.path.glob(".tmp-*"):
                     shutil.rmtree(stale, ignore_errors=True)   # an interrupted write, never used
                 yield

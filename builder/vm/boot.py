@@ -62,6 +62,7 @@ from builder.image.assemble import (
 )
 from builder.run import kill_group
 from builder.vm.qemu import (
+    RASPI3B_CMDLINE,
     VIRT_CMDLINE,
     Arch,
     LanSpec,
@@ -204,6 +205,7 @@ def extract_boot_files(
         dtb = copy_fat(image, layout, dtbs[0], workdir / dtbs[0])
         console = f"{PI_FAMILIES['pi3'].console},115200"
         node_lan = lan_of(image, layout)
+        extra_cmdline = (*extra_cmdline, *RASPI3B_CMDLINE)
     return BootFiles(
         kernel=copy_fat(image, layout, kernel, workdir / kernel),
         initrd=copy_fat(image, layout, initrd, workdir / initrd) if initrd else None,

@@ -107,6 +107,14 @@ class NodeLan:
 # systemd's 90 s to see a disk partition (older systemd ignores the option).
 VIRT_CMDLINE: tuple[str, ...] = ("ip=eth1:dhcp", "systemd.default_device_timeout_sec=300")
 
+# Kernel arguments for -M raspi3b. Its NIC is QEMU's usb-net, an RNDIS device
+# whose data interface cdc_subset claims too: whichever module udev loads first
+# wins, and cdc_subset makes it usb0 with a random MAC, so the node's eth0
+# config never applies (seen under load). A real Pi 3's smsc95xx or lan78xx
+# never meets cdc_subset; keeping it out leaves the NIC to cdc_ether (or
+# rndis_host), which read the MAC QEMU was given.
+RASPI3B_CMDLINE: tuple[str, ...] = ("modprobe.blacklist=cdc_subset",)
+
 
 def qemu_binary(arch: Arch) -> str:
     return "qemu-system-aarch64" if arch is Arch.arm64 else "qemu-system-arm"

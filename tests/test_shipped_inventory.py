@@ -64,6 +64,7 @@ def test_a_second_build_all_is_warm(shipped: Path) -> None:
     again = pibake(shipped, "build", "--all")
     assert again.returncode == 0, again.stderr[-4000:]
     assert "bootstrap" not in again.stderr and "==> layer" not in again.stdout + again.stderr
+    assert again.stdout.count("(role cached)") == len(HOSTS), again.stdout
 
 
 def _regular_files(root: Root, pattern: str) -> list[str]:

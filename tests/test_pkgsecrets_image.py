@@ -1,7 +1,11 @@
 """Package-generated secrets in real images: two hosts of one role with bind9
 and ssl-cert. The cached role holds neither the rndc key nor the snakeoil pair
 (the packages made them in the chroot), and each node makes its own on first
-boot, with the packages' owners and modes, before named starts."""
+boot, with the packages' owners and modes, before named starts.
+
+The hosts name no base, so they get the default one, debian-trixie (arm64),
+built with --strict (no security suite skipped): this is CI's proof that the
+default base builds, boots to a running system and serves a role."""
 
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
           "description: BIND and the snakeoil pair\nrequires: [base]\n")
     write(project / "layers/dns/packages", "bind9\nssl-cert\n")
     for host in HOSTS:
-        write(project / f"profiles/{host}.yaml", "base: debian-bookworm\nlayers: [base, dns]\n")
-    build(project, *HOSTS)
+        # no base: -> cluster.base, whose default is debian-trixie
+        write(project / f"profiles/{host}.yaml", "layers: [base, dns]\n")
+    build(project, *HOSTS, strict=True)
     return project, key
 
 
@@ -83,6 +88,19 @@ def test_the_role_cache_holds_none_of_them(built: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.integration
+def test_the_default_base_is_trixie_with_its_security_suite(built: tuple[Path, Path]) -> None:
+    project, _ = built
+    manifest = json.loads((project / "output/node-01.manifest.json").read_text())
+    assert manifest["base"]["name"] == "debian-trixie"
+    assert manifest["base"]["suite"] == "trixie"
+    assert manifest["base"]["suites"][0] == "trixie"
+    assert manifest["base"]["skipped_suites"] == []       # --strict: none may be skipped
+    assert manifest["packages"]["linux-image-arm64"]
+    assert manifest["packages"]["libc6"].split("+")[0].startswith("2.41")
+    assert manifest["packages"]["bind9"]
+
+
+@pytest.mark.integration
 def test_each_image_carries_the_unit_not_the_secrets(built: tuple[Path, Path]) -> None:
     project, _ = built
     scripts = []
@@ -117,12 +135,14 @@ def test_first_boot_makes_each_nodes_own(built: tuple[Path, Path]) -> None:
         try:
             # --wait: the first-boot runner may be done before named has started
             assert ssh(port, key, "sudo systemctl is-system-running --wait", host) == "running"
+            assert ssh(port, key, "cut -d. -f1 /etc/debian_version", host) == "13"
             assert ssh(port, key, "systemctl is-active named.service "
                        f"{PACKAGE_SECRETS_UNIT}", host).split() == ["active", "active"]
             lines = ssh(port, key, STATE, host).splitlines()
             assert len(lines) == 8, lines
             assert lines[3:6] == ["bind:bind 640", "root:ssl-cert 640", "root:root 644"], lines
-            assert f"CN = {host}.mini.lan" in lines[6], lines
+            # "subject=CN = x" (OpenSSL 3.0) or "subject=CN=x" (3.5, trixie)
+            assert f"CN={host}.mini.lan" in lines[6].replace(" ", ""), lines
             assert lines[7] == "ssl-cert-snakeoil.pem", lines
             # named read this node's key: rndc talks to it
             assert ssh(port, key, "sudo rndc status >/dev/null && echo ok", host) == "ok"

@@ -25,9 +25,10 @@ def keyed_project(root: Path, model: str = "pi3") -> tuple[Path, Path]:
     return project, key
 
 
-def build(project: Path, *hosts: str) -> None:
+def build(project: Path, *hosts: str, strict: bool = False) -> None:
     for host in hosts:
-        done = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), "build", host],
+        done = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), "build",
+                               *(["--strict"] if strict else []), host],
                               capture_output=True, text=True, timeout=3600)
         assert done.returncode == 0, done.stderr
 

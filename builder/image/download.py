@@ -27,7 +27,7 @@ import requests
 import urllib3
 
 from builder import log
-from builder.cache import atomic_dir, cache_dir, exclusive, sha256_file
+from builder.cache import atomic_dir, cache_dir, locked, sha256_file
 from builder.errors import DownloadError
 
 MARKER = "verified"
@@ -60,10 +60,7 @@ def fetch(
     if _is_cached(entry, image):
         return image
     bases.mkdir(parents=True, exist_ok=True)
-    locks = bases.parent / "locks"     # beside the entries, as the cache's other locks
-    locks.mkdir(exist_ok=True)
-    with exclusive(locks / "bases-download.lock", f"base '{name}': another pibake is "
-                   "downloading into the cache; waiting for it", log.notice):
+    with locked(entry):   # the cache's per-entry lock: one download of this base at a time
         if _is_cached(entry, image):  # another pibake finished it while we waited
             return image
         try:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,6 +224,57 @@ def test_watch_console_done() -> None:
     seconds, progress = watch_console(vm, "compute-01", 60)  # type: ignore[arg-type]
     assert progress == ["05-a ok", "done"]
     assert 0 <= seconds < 5
+
+
+def _listener(answer: bytes | None) -> tuple[socket.socket, int]:
+    """A loopback port that accepts, then sends ANSWER or resets (None), the way
+    QEMU's user network forwards a port whose guest is or is not listening."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            if answer is None:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                conn.sendall(answer)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def test_ssh_banner_tells_a_listening_sshd_from_a_reset() -> None:
+    ready, port = _listener(b"SSH-2.0-OpenSSH_10.0p2 Debian-7\r\n")
+    reset, reset_port = _listener(None)
+    with ready, reset:
+        assert qemu.ssh_banner(port) == "SSH-2.0-OpenSSH_10.0p2 Debian-7"
+        assert qemu.ssh_banner(reset_port, timeout=2) is None
+        assert qemu.ssh_banner(qemu.free_port(), timeout=2) is None  # refused
+
+
+def test_wait_for_sshd_names_the_port_when_it_never_answers() -> None:
+    reset, port = _listener(None)
+    with reset, pytest.raises(BootError) as err:
+        boot.wait_for_sshd(FakeVm([], None), "node-02", port,  # type: ignore[arg-type]
+                           time.monotonic() + 1.5)
+    assert str(err.value) == (f"node-02: first boot done, but its sshd did not answer on "
+                              f"127.0.0.1:{port}; read the console log: is ssh.service enabled?")
+    with pytest.raises(BootError, match="qemu exited \\(code 1\\) after the first boot"):
+        boot.wait_for_sshd(FakeVm([], 1), "node-02", port,  # type: ignore[arg-type]
+                           time.monotonic() + 30)
+
+
+def test_wait_for_sshd_returns_once_the_banner_comes() -> None:
+    ready, port = _listener(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+    with ready:
+        boot.wait_for_sshd(FakeVm([], None), "node-01", port,  # type: ignore[arg-type]
+                           time.monotonic() + 5)
 
 
 def test_watch_console_failed_step() -> None:

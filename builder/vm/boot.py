@@ -76,6 +76,7 @@ from builder.vm.qemu import (
     mac_for,
     pi3_mac_for,
     short_tmpdir,
+    ssh_banner,
 )
 
 MARKER = "pibake-firstboot: "
@@ -405,6 +406,7 @@ def boot_image(
                 peak_memory_mib=vm.peak_memory_mib(),
             )
             if keep:
+                wait_for_sshd(vm, host, port, vm.started + timeout + 120)
                 vm.keep = True
                 result.pid = vm.pid
                 user = f"{ssh_user}@" if ssh_user else ""
@@ -473,6 +475,11 @@ def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec | None = None, timeout
                 errors.append(str(exc))
                 continue
             vm = vms[host]
+            try:
+                wait_for_sshd(vm, host, vm.spec.ssh_port, deadline + 120)
+            except BootError as exc:
+                errors.append(str(exc))
+                continue
             done[host] = GroupVm(host, vm, BootResult(
                 host=host, seconds=seconds, progress=progress, ssh_port=vm.spec.ssh_port,
                 overlay=None, pid=vm.pid, peak_memory_mib=vm.peak_memory_mib()))
@@ -527,6 +534,22 @@ def watch_console(vm: Vm, host: str, timeout: float) -> tuple[float, list[str]]:
         f"{host}: no 'pibake-firstboot: done' within {timeout:.0f}s; raise the timeout "
         f"or read the console; last console lines: {watch.last_lines() or 'none'}"
     )
+
+
+def wait_for_sshd(vm: Vm, host: str, port: int, deadline: float) -> None:
+    """Return once the node's sshd answers on its forwarded port. "done" is
+    printed by the first-boot runner, and sshd may still be starting then (seen
+    under load: the first ssh was reset); a caller that logs in next must not
+    race it. BootError when QEMU exits or the deadline passes first."""
+    while ssh_banner(port) is None:
+        code = vm.exited()
+        if code is not None:
+            raise BootError(f"{host}: qemu exited (code {code}) after the first boot, "
+                            "before its sshd answered")
+        if time.monotonic() > deadline:
+            raise BootError(f"{host}: first boot done, but its sshd did not answer on "
+                            f"127.0.0.1:{port}; read the console log: is ssh.service enabled?")
+        time.sleep(1)
 
 
 def host_key_options(host: str, known_hosts: Path) -> list[str]:

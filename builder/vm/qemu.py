@@ -134,6 +134,19 @@ def pi3_mac_for(name: str) -> str:
     return "b8:27:eb:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
+def ssh_banner(port: int, timeout: float = 10) -> str | None:
+    """The SSH banner the forwarded port answers with, or None. QEMU's user
+    network accepts a connection on the host side before the guest does, so a
+    port whose guest sshd is not listening yet connects and is then reset."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            line = s.recv(256)
+    except OSError:
+        return None
+    text = line.decode("ascii", "replace").strip()
+    return text if text.startswith("SSH-") else None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.extfs import Ext4
 from tests.lanmain_project import make_lanmain_project
-from tests.test_build import extract, partitions, pibake
+from tests.test_build import pibake
 
 pytestmark = [pytest.mark.integration, pytest.mark.roles]
 
@@ -27,26 +28,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     second = pibake(project, "build", "lm-b")
     assert second.returncode == 0, second.stderr
     return {"project": project, "first": first, "second": second}
-
-
-class Root:
-    """The root file system of an output image, read with debugfs."""
-
-    def __init__(self, img: Path, tmp: Path) -> None:
-        self.fs = extract(img, partitions(img)[1], tmp / "root.ext4")
-
-    def debugfs(self, request: str) -> str:
-        return subprocess.run(["debugfs", "-R", request, str(self.fs)], capture_output=True,
-                              text=True, check=True).stdout
-
-    def read(self, path: str) -> str:
-        return self.debugfs(f"cat {path}")
-
-    def owner_mode(self, path: str) -> tuple[int, int, int]:
-        out = self.debugfs(f"stat {path}")
-        m = re.search(r"Mode:\s+0?(\d+).*?User:\s+(\d+)\s+Group:\s+(\d+)", out, re.S)
-        assert m, f"{path}: not in the image ({out[:200]!r})"
-        return int(m.group(2)), int(m.group(3)), int(m.group(1), 8) & 0o7777
 
 
 def test_second_host_of_the_pair_reuses_the_role(pair: dict[str, object]) -> None:
@@ -63,7 +44,7 @@ def test_primary_image_has_its_services_configured_and_enabled(pair: dict[str, o
     assert img.stat().st_mode & 0o777 == 0o600   # it carries the pair's secrets
     manifest = json.loads((project / "output/lm-a.manifest.json").read_text())
     assert {"lanmain_xfer", "lanmain_ha_api", "lanmain_omapi"} <= set(manifest["secrets"])
-    root = Root(img, tmp_path)
+    root = Ext4.image_root(img)
     kea = root.read("/etc/kea/kea-dhcp4.conf")
     assert '"this-server-name": "lm-a"' in kea
     for lib in re.findall(r'"library": "([^"]+)"', kea):   # the hooks exist where Kea looks
@@ -101,7 +82,7 @@ def test_primary_image_has_its_services_configured_and_enabled(pair: dict[str, o
 def test_secondary_image_is_the_secondary(pair: dict[str, object], tmp_path: Path) -> None:
     project = pair["project"]
     assert isinstance(project, Path)
-    root = Root(project / "output/lm-b.img", tmp_path)
+    root = Ext4.image_root(project / "output/lm-b.img")
     assert '"this-server-name": "lm-b"' in root.read("/etc/kea/kea-dhcp4.conf")
     assert "type secondary;" in root.read("/etc/bind/named.conf.local")
     assert "LANMAIN_ROLE=secondary" in root.read("/etc/pibake/lanmain.env")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from builder.inventory.config import load_inventory
 from builder.plan import plan_hosts
 from builder.vm.boot import boot_image
 from tests.conftest import write
-from tests.test_build import partitions
+from tests.extfs import Ext4
 from tests.vm import build, keyed_project, ssh, stop
 
 HOSTS = ("node-01", "node-02")
@@ -46,22 +45,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return project, key
 
 
-def debugfs(fs: Path, request: str, offset: int = 0) -> str:
-    spec = f"{fs}?offset={offset}" if offset else str(fs)
-    return subprocess.run(["debugfs", "-R", request, spec], capture_output=True,
-                          text=True, check=True).stdout
-
-
-def _names(listing: str) -> list[str]:
-    # ls -p: /inode/mode/uid/gid/name/size/ per entry
-    return sorted(f[5] for f in (line.split("/") for line in listing.splitlines())
-                  if len(f) > 6 and f[5] not in (".", ".."))
-
-
-def root_offset(img: Path) -> int:
-    return int(partitions(img)[1]["start"]) * 512  # type: ignore[call-overload]
-
-
 @pytest.mark.integration
 def test_the_role_cache_holds_none_of_them(built: tuple[Path, Path]) -> None:
     project, _ = built
@@ -77,14 +60,14 @@ def test_the_role_cache_holds_none_of_them(built: tuple[Path, Path]) -> None:
     links = [p for p, f in recorded["ssl-cert-snakeoil"].items() if f["kind"] == "symlink"]
     hash_link = re.compile(r"/etc/ssl/certs/[0-9a-f]{8}\.[0-9]+")
     assert links and all(hash_link.fullmatch(p) for p in links), links
-    root = plan.role_dir / "root.ext4"
-    assert "rndc.key" not in _names(debugfs(root, "ls -p /etc/bind"))
-    assert "named.conf" in _names(debugfs(root, "ls -p /etc/bind"))
-    assert "ssl-cert-snakeoil.key" not in _names(debugfs(root, "ls -p /etc/ssl/private"))
-    certs = _names(debugfs(root, "ls -p /etc/ssl/certs"))
+    root = Ext4(plan.role_dir / "root.ext4")
+    assert "rndc.key" not in root.names("/etc/bind")
+    assert "named.conf" in root.names("/etc/bind")
+    assert "ssl-cert-snakeoil.key" not in root.names("/etc/ssl/private")
+    certs = root.names("/etc/ssl/certs")
     assert "ssl-cert-snakeoil.pem" not in certs
     assert not {p.rsplit("/", 1)[1] for p in links} & set(certs)
-    assert debugfs(root, "cat /etc/machine-id") == "uninitialized\n"
+    assert root.read("/etc/machine-id") == "uninitialized\n"
 
 
 @pytest.mark.integration
@@ -106,14 +89,14 @@ def test_each_image_carries_the_unit_not_the_secrets(built: tuple[Path, Path]) -
     scripts = []
     for host in HOSTS:
         img = project / f"output/{host}.img"
-        off = root_offset(img)
-        assert "rndc.key" not in _names(debugfs(img, "ls -p /etc/bind", off))
-        assert "ssl-cert-snakeoil.key" not in _names(debugfs(img, "ls -p /etc/ssl/private", off))
-        assert PACKAGE_SECRETS_UNIT in _names(debugfs(
-            img, "ls -p /etc/systemd/system/multi-user.target.wants", off))
-        unit = debugfs(img, f"cat /etc/systemd/system/{PACKAGE_SECRETS_UNIT}", off)
+        root = Ext4.image_root(img)
+        assert "rndc.key" not in root.names("/etc/bind")
+        assert "ssl-cert-snakeoil.key" not in root.names("/etc/ssl/private")
+        assert PACKAGE_SECRETS_UNIT in root.names(
+            "/etc/systemd/system/multi-user.target.wants")
+        unit = root.read(f"/etc/systemd/system/{PACKAGE_SECRETS_UNIT}")
         assert "named.service" in unit and "nginx.service" in unit
-        scripts.append(debugfs(img, f"cat {PACKAGE_SECRETS_SCRIPT}", off))
+        scripts.append(root.read(PACKAGE_SECRETS_SCRIPT))
     assert "rndc-confgen -a" in scripts[0] and "make-ssl-cert" in scripts[0]
     assert scripts[0] == scripts[1]
 

@@ -18,6 +18,7 @@ from builder.image.assemble import read_ext4
 from builder.inventory.config import load_inventory
 from builder.vm.boot import boot_image, host_key_options
 from tests.conftest import write
+from tests.extfs import Ext4
 from tests.test_build import extract, partitions, pibake
 from tests.vm import keyed_project, ssh, stop
 
@@ -45,11 +46,6 @@ def root_of(img: Path, dest: Path) -> Path:
     return extract(img, partitions(img)[1], dest)
 
 
-def debugfs(root: Path, request: str) -> str:
-    return subprocess.run(["debugfs", "-R", request, str(root)], capture_output=True,
-                          text=True).stdout
-
-
 @pytest.mark.integration
 def test_the_first_build_creates_the_store_and_says_so(
         built: tuple[Path, Path, dict[str, str]]) -> None:
@@ -74,17 +70,18 @@ def test_each_image_carries_only_its_own_secrets(built: tuple[Path, Path, dict[s
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
         root = root_of(img, tmp_path / f"{host}.ext4")
         assert read_ext4(root, "/etc/ssh/ssh_host_ed25519_key") == keys[host] != keys[other]
-        assert "Mode:  0600" in debugfs(root, "stat /etc/ssh/ssh_host_ed25519_key")
+        assert "Mode:  0600" in Ext4(root).debugfs("stat /etc/ssh/ssh_host_ed25519_key")
         assert read_ext4(root, "/etc/ssh/ssh_host_ed25519_key-cert.pub") == (
             store.path / f"hosts/{host}/ssh_host_ed25519_key-cert.pub").read_bytes()
         assert read_ext4(root, "/etc/machine-id").decode().strip() == machine_id(store, host)
-        assert "Fast link dest: \"/etc/machine-id\"" in debugfs(root,
-                                                                 "stat /var/lib/dbus/machine-id")
+        assert "Fast link dest: \"/etc/machine-id\"" in Ext4(root).debugfs(
+            "stat /var/lib/dbus/machine-id")
         assert read_ext4(root, "/etc/web/token") == (
             f"# managed by pibake, layer web (etc/web/token.j2); local edits are lost on "
             f"rebuild\ntoken={token}\n").encode()
-        assert "Mode:  0600" in debugfs(root, "stat /etc/web/token")
-        assert "ssh_host_ca" not in debugfs(root, "ls /etc/pibake")   # no CA outside the deployer
+        assert "Mode:  0600" in Ext4(root).debugfs("stat /etc/web/token")
+        # no CA outside the deployer
+        assert "ssh_host_ca" not in Ext4(root).debugfs("ls /etc/pibake")
         # the manifest names the secrets and never holds a value or a hash of one
         text = (project / f"output/{host}.manifest.json").read_text()
         manifest = json.loads(text)

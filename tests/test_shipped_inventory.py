@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from builder.content.secrets import Item, Store, _pattern_for
 from builder.emulate.pkgsecrets import PACKAGE_SECRETS
+from builder.inventory.config import load_inventory
 from tests.conftest import REPO
-from tests.test_build import pibake
-from tests.test_lanmain_image import Root
+from tests.extfs import Ext4
+from tests.test_build import extract, partitions, pibake
 
 pytestmark = [pytest.mark.integration, pytest.mark.roles]
 
@@ -67,39 +70,93 @@ def test_a_second_build_all_is_warm(shipped: Path) -> None:
     assert again.stdout.count("(role cached)") == len(HOSTS), again.stdout
 
 
-def _regular_files(root: Root, pattern: str) -> list[str]:
-    """The image's regular files matching ``pattern`` (a path; '*' in its last part)."""
-    folder, _, name = pattern.rpartition("/")
-    listing = subprocess.run(["debugfs", "-R", f"ls -l {folder}", str(root.fs)],
-                             capture_output=True, text=True).stdout
-    found = []
-    rx = re.compile("^" + re.escape(name).replace(r"\*", ".*") + "$")
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) >= 9 and parts[1].startswith("10") and rx.match(parts[-1]):
-            found.append(f"{folder}/{parts[-1]}")
-    return found
-
-
 def test_no_two_images_share_an_identity_or_a_package_secret(shipped: Path,
                                                             tmp_path: Path) -> None:
     holders: dict[tuple[str, bytes], list[str]] = defaultdict(list)
     seen: dict[str, list[str]] = defaultdict(list)
     for host in HOSTS:
-        root = Root(shipped / f"output/{host}.img", tmp_path / host)
+        root = Ext4.image_root(shipped / f"output/{host}.img")
         for secret in PACKAGE_SECRETS:
             for pattern in secret.paths:
-                for path in _regular_files(root, pattern):
+                for path in root.regular_files(pattern):
                     data = root.debugfs(f"cat {path}").encode()
                     seen[path].append(host)
                     if data.strip() and data != b"uninitialized\n":
                         holders[(path, data)].append(host)
         # made again on first boot by the packages' tools: never in an image
         for gone in ("/etc/bind/rndc.key", "/etc/ssl/private/ssl-cert-snakeoil.key"):
-            assert not _regular_files(root, gone), (host, gone)
-        shutil.rmtree(tmp_path / host)
+            assert not root.regular_files(gone), (host, gone)
     shared = {path: hosts for (path, _), hosts in holders.items() if len(hosts) > 1}
     assert not shared, shared
     # what every image must hold, each its own: its machine-id and host keys
     assert sorted(seen["/etc/machine-id"]) == HOSTS
     assert sorted(seen["/etc/ssh/ssh_host_ed25519_key"]) == HOSTS
+
+
+def _needle(store: Store, item: Item) -> str:
+    """A piece of ITEM's private value that an image holding it contains and no
+    other file plausibly does: a middle line of a key's base64 body, a TSIG
+    secret, a password's first 8 characters (keepalived uses only those)."""
+    rel = item.files[-1]
+    text = store.read(rel)
+    kind = _pattern_for(rel, item.kind)
+    if kind in ("ssh-private", "x509-key"):
+        body = text.strip().splitlines()[1:-1]
+        return body[len(body) // 2]
+    if kind == "tsig":
+        found = re.search(r'secret "([^"]+)"', text)
+        assert found, rel
+        return found.group(1)
+    if kind == "password":
+        return text.strip()[:8]
+    assert kind == "host-secret", (rel, kind)
+    return text.strip()
+
+
+def _found(needles: dict[str, str], data: Path, tmp: Path) -> set[str]:
+    """The names whose needle occurs in the bytes of DATA (an image or a partition)."""
+    patterns = tmp / "needles"
+    patterns.write_text("".join(f"{n}\n" for n in needles.values()))
+    out = subprocess.run(["grep", "-a", "-o", "-F", "-f", str(patterns), str(data)],
+                         capture_output=True, text=True, errors="replace").stdout
+    hits = set(out.split())
+    return {name for name, needle in needles.items() if needle in hits}
+
+
+def test_each_image_holds_only_the_secrets_its_host_needs(shipped: Path, tmp_path: Path) -> None:
+    """Least privilege, on the bytes of each image: a CA's private key only in
+    the deployer's, a host's private keys only in its own, a shared secret only
+    in its holders', the store's host secrets in none, and nothing private on a
+    boot partition; every image that carries secrets, and its side files, 0600."""
+    inv = load_inventory(shipped)
+    store = Store.at(inv)
+    items = store.items()
+    private = {name: item for name, item in items.items()
+               if _pattern_for(item.files[-1], item.kind) in
+               ("ssh-private", "x509-key", "tsig", "password", "host-secret")}
+    needles = {name: _needle(store, item) for name, item in private.items()}
+    allowed = {name: () if item.kind == "host-secret" else item.holders
+               for name, item in private.items()}
+    assert set(allowed["ssh_host_ca"]) == set(allowed["tls_root_ca"]) == {"deployer-01"}
+    seen: dict[str, list[str]] = defaultdict(list)
+    for host in HOSTS:
+        img = shipped / f"output/{host}.img"
+        manifest = json.loads((shipped / f"output/{host}.manifest.json").read_text())
+        assert manifest["secrets"], host       # every image has its own host keys at least
+        for f in sorted(img.parent.glob(f"{host}.*")):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        for name in _found(needles, img, tmp_path):
+            seen[name].append(host)
+            assert host in allowed[name], f"{host}'s image holds {name}"
+        boot = extract(img, partitions(img)[0], tmp_path / f"{host}.boot")
+        assert not _found(needles, boot, tmp_path), host
+        assert b"PRIVATE KEY" not in boot.read_bytes(), host
+        boot.unlink()
+    # the search finds what is there: every host key and CA in exactly its holders
+    for name, item in private.items():
+        if item.kind in ("ssh-host-key", "ssh-ca", "x509-ca"):
+            assert sorted(seen[name]) == sorted(item.holders), name
+        elif item.kind == "host-secret":
+            assert not seen[name], name
+        else:
+            assert seen[name], f"{name}: in none of its holders' images {item.holders}"

@@ -47,6 +47,19 @@ def test_every_host_file_comes_from_a_template(mini: Path) -> None:
         "resolv.conf.j2"]
 
 
+@pytest.mark.parametrize("base", ["debian-trixie", "debian-bookworm"])
+def test_raspi_firmware_regenerates_the_hosts_own_cmdline(mini: Path, edit: Callable[..., Path],
+                                                          base: str) -> None:
+    edit(mini / "profiles/node-01.yaml", f"base: {base}\nlayers: [base, web]\n")
+    plan = plan_hosts(load_inventory(mini), ("node-01",))[0]
+    delta = host_delta(plan, standin_facts(plan))
+    files = {e.path: e.data.decode() for e in delta.root + delta.boot if e.kind == "file"}
+    root_part = files["/etc/fstab"].splitlines()[1].split()[0]
+    defaults = files["/etc/default/raspi-firmware"]
+    assert f"ROOTPART={root_part}\n" in defaults
+    assert f"root={root_part} " in files["/cmdline.txt"]
+
+
 def test_template_owners_resolve_in_the_role(mini: Path, edit: Callable[..., Path]) -> None:
     owned_project(mini, edit, '  /etc/web/page.txt: "www-data:adm"\n')
     plan = plan_hosts(load_inventory(mini), ("node-01",))[0]

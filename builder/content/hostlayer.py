@@ -24,6 +24,7 @@ from builder.emulate.bootstrap import PI_FAMILIES
 from builder.emulate.pkgsecrets import Removed, to_make_again
 from builder.errors import BuildError, ConfigError
 from builder.image.assemble import Entry, partuuid
+from builder.inventory.bases import BaseKind
 from builder.inventory.layers import resolve_owner
 
 if TYPE_CHECKING:
@@ -261,8 +262,10 @@ def host_delta(plan: HostPlan, facts: RoleFacts,
         _link("/etc/systemd/system/systemd-firstboot.service", "/dev/null"),
     ]
     root += network_entries(plan, facts, values)
-    if base.name == "debian-bookworm":
-        # raspi-firmware regenerates cmdline.txt on kernel upgrades from this file.
+    if base.kind is BaseKind.bootstrap:
+        # raspi-firmware (every bootstrapped Debian base) regenerates cmdline.txt
+        # from this file on each kernel upgrade: without it an upgraded node
+        # would look for its root by the package's default label and not boot.
         root.append(_file("/etc/default/raspi-firmware", _render("raspi-firmware", values)))
     user = cluster.admin.user
     uid, gid, home = _user_ids(facts.passwd, user)

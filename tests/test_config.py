@@ -38,7 +38,7 @@ def test_shipped_inventory_checks(capsys: pytest.CaptureFixture[str]) -> None:
     repo = Path(__file__).resolve().parent.parent
     code, out, err = run_cli(capsys, "-C", str(repo), "check", "--inventory-only")
     assert (code, err) == (0, "")
-    assert out.startswith("ok: 8 hosts, 5 layers, ")
+    assert out.startswith("ok: 8 hosts, 7 layers, ")
 
 
 def _replace(path: Path, old: str, new: str) -> None:
@@ -217,7 +217,7 @@ def test_render_writes_every_file(mini: Path, capsys: pytest.CaptureFixture[str]
                          "HostKey /etc/ssh/ssh_host_ecdsa_key\n")
     assert (dest / "etc/sudoers.d/10-pibake-admin").stat().st_mode & 0o777 == 0o440
     assert (dest / "usr/local/sbin/pibake-firstboot").stat().st_mode & 0o111
-    assert out == f"node-02: 35 files written to {dest}\n"
+    assert out == f"node-02: 36 files written to {dest}\n"
 
 
 def test_render_refuses_non_empty_folder(mini: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,8 +116,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "layers/lanmisc/defaults.yaml: lanmisc_nfs_options: 'rw,snyc,no_subtree_check,"
      "root_squash' has 'snyc', which exportfs does not know; see exports(5), e.g. "
      "rw,sync,no_subtree_check,root_squash"),
-    ("no-nfs-server", "profiles/lanmisc-01.yaml", "layers: [base, lanmisc]",
-     "layers: [base]",
+    ("no-nfs-server", "profiles/lanmisc-01.yaml", "layers: [base, lanmisc, sensehat]",
+     "layers: [base, sensehat]",
      "profiles/compute-01.yaml: layers: compute nodes mount lanmisc's NFS export, but no "
      "profile selects lanmisc; add a lanmisc node to the cluster"),
     ("keepalived-lo", "profiles/cluster.yaml", "compute_floating_ip: 10.20.0.30",

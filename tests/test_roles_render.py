@@ -214,7 +214,7 @@ BROKEN: list[tuple[str, str, str, str, str]] = [
      "layers/deployer/templates/etc/ssh/ssh_config.d/10-pibake-cluster.conf.j2"),
     ("fabfile", "deployer/templates/opt/pibake/deploy/fabfile.py.j2",
      "def _each(group):", "def _each(group)",
-     "deployer-01: /opt/pibake/deploy/fabfile.py:19: python: expected ':'; fix "
+     "deployer-01: /opt/pibake/deploy/fabfile.py:20: python: expected ':'; fix "
      "layers/deployer/templates/opt/pibake/deploy/fabfile.py.j2"),
 ]
 

@@ -169,6 +169,12 @@ class Inventory:
 def load_inventory(root: Path) -> Inventory:
     layers = load_layers(root)
     cluster = load_cluster(root, layers)
+    for layer in layers.values():
+        for i, bname in enumerate(layer.bases):
+            if bname not in cluster.bases:
+                raise ConfigError(f"{layer.shown}/layer.yaml: bases[{i}]: no base named "
+                                  f"{bname!r} (known: {known_list(cluster.bases)})"
+                                  f"{suggest(bname, cluster.bases)}")
     profiles = {host: load_profile(root, host, cluster, layers) for host in cluster.nodes}
     extra = sorted(
         p.stem for p in (root / "profiles").glob("*.yaml")
@@ -368,6 +374,12 @@ def load_profile(root: Path, host: str, cluster: Cluster, layers: Mapping[str, L
             if req not in names[:i]:
                 raise ConfigError(f"{shown}: layers[{i}]: {lname!r} requires {req!r} before "
                                   f"it; add it earlier in layers")
+        only = layers[lname].bases
+        if only and base_name not in only:
+            raise ConfigError(f"{shown}: layers[{i}]: {lname!r} works on base "
+                              f"{' or '.join(only)} only ({layers[lname].shown}/layer.yaml "
+                              f"bases:), not {base_name}; give this host base: "
+                              f"{only[0]}, or drop the layer")
     declared = {k for lname in names for k in layers[lname].defaults}
     hvars = dict(r.mapping("vars"))
     for key in hvars:

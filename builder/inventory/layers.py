@@ -94,6 +94,8 @@ class Layer:
     hook_vars: tuple[str, ...] = ()         # variables its hooks read (layer.yaml hook_vars:)
     creates_admin: bool = False             # a hook creates the cluster's admin account
     types: Mapping[str, str] = field(default_factory=dict)  # var -> vartypes name
+    bases: tuple[str, ...] = ()             # layer.yaml bases: the only ones it works on; () = any
+    addon: bool = False                     # hardware for some hosts, not a role of its own
 
     def packages_for(self, suite: str) -> tuple[str, ...]:
         return self.package_overrides.get(suite, self.packages)
@@ -141,16 +143,17 @@ def load_layer(path: Path, shown: str) -> Layer:
                   if (path / "layer.yaml").exists() else {},
                   f"{shown}/layer.yaml", "",
                   ["description", "requires", "modes", "owners", "secrets", "types",
-                   "hook_vars", "creates_admin"])
+                   "hook_vars", "creates_admin", "bases", "addon"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
+    bases = meta.str_list("bases")
     modes = _modes(meta)
     owners = _owners(meta)
     secrets = _secrets(meta)
-    creates_admin = meta.raw("creates_admin", False)
-    if not isinstance(creates_admin, bool):
-        raise ConfigError(f"{meta.loc('creates_admin')}: {short(creates_admin)} is not true or "
-                          "false")
+    creates_admin, addon = (meta.raw(k, False) for k in ("creates_admin", "addon"))
+    for key, value in (("creates_admin", creates_admin), ("addon", addon)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{meta.loc(key)}: {short(value)} is not true or false")
 
     defaults = _load_defaults(path, shown, name)
     types = load_types(meta, defaults)
@@ -180,7 +183,7 @@ def load_layer(path: Path, shown: str) -> Layer:
         defaults=MappingProxyType(defaults), packages=packages,
         package_overrides=MappingProxyType(overrides), files=files, templates=templates,
         hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
-        hook_vars=hook_vars, creates_admin=creates_admin,
+        hook_vars=hook_vars, creates_admin=creates_admin, bases=bases, addon=addon,
         secrets=MappingProxyType(secrets),
         types=MappingProxyType(types),
     )

@@ -77,13 +77,14 @@ class Report:
 
 
 def scenarios(inv: Inventory) -> dict[str, Scenario]:
-    """One scenario per layer that some host selects (base excepted), plus `full`.
+    """One scenario per layer that some host selects (base and hardware add-ons
+    such as sensehat excepted), plus `full`.
     The last host of each group is rebuilt: for a pair that is the peer that
     did not create the service, for compute a manager other than the bootstrap
     node in the shipped inventory."""
     result: dict[str, Scenario] = {}
     for layer, hosts in sorted(inv.groups().items()):
-        if layer == "base" or not hosts:
+        if layer == "base" or not hosts or inv.layers[layer].addon:
             continue
         result[layer] = Scenario(layer, tuple(hosts), (hosts[-1],),
                                  f"the {layer} nodes: {', '.join(hosts)}")

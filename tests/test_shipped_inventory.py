@@ -160,3 +160,23 @@ def test_each_image_holds_only_the_secrets_its_host_needs(shipped: Path, tmp_pat
             assert not seen[name], name
         else:
             assert seen[name], f"{name}: in none of its holders' images {item.holders}"
+
+
+def test_the_sense_hat_node_has_its_config_txt_lines(shipped: Path, tmp_path: Path) -> None:
+    lines = ("dtparam=i2c_arm=on", "dtoverlay=rpi-sense")
+    for host in HOSTS:
+        img = shipped / f"output/{host}.img"
+        boot = extract(img, partitions(img)[0], tmp_path / f"{host}.boot")
+        config = subprocess.run(["mtype", "-i", str(boot), "::config.txt"], capture_output=True,
+                                text=True, check=True).stdout.splitlines()
+        root = Ext4.image_root(img)
+        custom = root.read("/etc/default/raspi-firmware-custom").splitlines()
+        if host == "lanmisc-01":
+            assert all(line in config for line in lines), config
+            assert custom == list(lines)
+            assert root.read("/etc/modules-load.d/pibake-sensehat.conf").endswith("i2c-dev\n")
+            assert "admin" in root.read("/etc/group").split("\ni2c:", 1)[1].split("\n", 1)[0]
+        else:
+            assert not any(line in config for line in lines), (host, config)
+            assert custom == [], host
+        boot.unlink()

@@ -9,7 +9,7 @@ PACKAGES="
   mmdebstrap debian-archive-keyring ca-certificates kmod udev
   bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client openssl
   kea-dhcp4-server kea-ctrl-agent isc-dhcp-server isc-dhcp-client bind9 bind9-utils
-  bind9-dnsutils chrony iproute2 haproxy nginx-light keepalived
+  bind9-dnsutils chrony iproute2 haproxy nginx-light keepalived redis-server vsftpd
 "
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -23,13 +23,19 @@ for p in $PACKAGES; do
 done
 if [ -n "$missing" ]; then
     apt-get update -q
+    # The daemons among them (DHCP, DNS, Redis, FTP...) are here for their config
+    # checkers (pibake check) and the network-namespace tests only: none may
+    # start now, and none may serve this machine's network later.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
-# The DHCP and DNS servers are here for their config checkers (pibake check) and
-# the network-namespace tests only: they must never serve this machine's LAN.
 if [ -d /run/systemd/system ]; then
-    for unit in kea-dhcp4-server kea-ctrl-agent isc-dhcp-server named; do
+    for unit in kea-dhcp4-server kea-ctrl-agent isc-dhcp-server named redis-server vsftpd; do
         systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
 fi

@@ -212,6 +212,19 @@ BROKEN: list[tuple[str, str, str, str, str]] = [
      "stricthostkeycheckin; /etc/ssh/ssh_config.d/10-pibake-cluster.conf: line 12: Bad "
      "configuration option: stricthostkeycheckin; fix "
      "layers/deployer/templates/etc/ssh/ssh_config.d/10-pibake-cluster.conf.j2"),
+    ("redis", "lanmisc/templates/etc/redis/redis.conf.j2", "protected-mode yes",
+     "protected-mode perhaps",
+     "lanmisc-01: /etc/redis/redis.conf: redis-server: Reading the configuration file, at line "
+     "7; >>> 'protected-mode perhaps'; argument must be 'yes' or 'no'; fix "
+     "layers/lanmisc/templates/etc/redis/redis.conf.j2"),
+    ("redis-credential", "lanmisc/templates/etc/redis/pibake-auth.conf.j2", "requirepass",
+     "requirepas",
+     "lanmisc-01: /etc/redis/pibake-auth.conf: redis-server: Reading the configuration file, "
+     "at line 2; >>> 'requirepas stand-in-lanmisc_redis'; Bad directive or wrong number of "
+     "arguments; fix layers/lanmisc/templates/etc/redis/pibake-auth.conf.j2"),
+    ("vsftpd", "lanmain/templates/etc/vsftpd.conf.j2", "hide_ids=YES", "hide_ids=MAYBE",
+     "lanmain-01: /etc/vsftpd.conf: vsftpd: bad bool value in config file for: hide_ids; fix "
+     "layers/lanmain/templates/etc/vsftpd.conf.j2"),
     ("fabfile", "deployer/templates/opt/pibake/deploy/fabfile.py.j2",
      "def _each(group):", "def _each(group)",
      "deployer-01: /opt/pibake/deploy/fabfile.py:20: python: expected ':'; fix "

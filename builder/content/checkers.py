@@ -14,7 +14,7 @@ Differences from the image, on purpose: Kea's hooks are loaded from this
 machine's multiarch folder instead of the image's (same Kea version on the
 same Debian release), and named checks the rendered files over this
 machine's stock ``/etc/bind`` (the package's named.conf and default zones).
-vsftpd has no checker mode, so vsftpd.conf is not checked here.
+vsftpd.conf is checked with the role layers' configs (rolecheck).
 """
 
 from __future__ import annotations

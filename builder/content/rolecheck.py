@@ -11,8 +11,11 @@ a problem too, unless ``require`` is false (``pibake check`` on a bare machine).
 Covered here: HAProxy (``haproxy -c``), Nginx (``nginx -t``), keepalived
 (``keepalived -t``), NFS exports (exports(5) syntax, as exportfs parses it),
 Docker's daemon.json (JSON object), the deployer's SSH client config
-(``ssh -G``), its Python tools (compiled) and our own systemd units
-(``systemd-analyze verify``). The lanmain daemons have their own module.
+(``ssh -G``), its Python tools (compiled), our own systemd units
+(``systemd-analyze verify``), Redis and vsftpd (which have no test mode: each
+is started so that it parses its file and stops before it listens). The
+lanmain DHCP/DNS/NTP daemons have their own module. PHP-FPM runs the
+package's own pool config (nothing of ours to check).
 """
 
 from __future__ import annotations
@@ -194,6 +197,77 @@ def check_python(tree: Path, folder: Path, require: bool) -> list[str]:
     return problems
 
 
+def _credentials(tree: Path, unit: str) -> dict[str, Path]:
+    """``LoadCredential=NAME:PATH`` of the unit's rendered drop-ins: where the
+    service finds /run/credentials/UNIT/NAME, as a staged file."""
+    found = {}
+    for dropin in sorted((tree / f"etc/systemd/system/{unit}.d").glob("*.conf")):
+        for m in re.finditer(r"^LoadCredential=([^:\s]+):(/\S+)$", dropin.read_text(), re.M):
+            found[m.group(1)] = tree / m.group(2).lstrip("/")
+    return found
+
+
+def check_redis(tree: Path, conf: Path, require: bool) -> list[str]:
+    """redis-server has no test mode, but it reads its whole config before it
+    opens anything: started with ``--port 0`` it parses the file (and what it
+    includes), says "Configuration loaded" and exits, listening nowhere."""
+    tool, problems = _tool("redis-server", "redis-server", require, "/etc/redis/redis.conf")
+    if tool is None:
+        return problems
+    creds = _credentials(tree, "redis-server.service")
+    with tempfile.TemporaryDirectory(prefix="pibake-redis-") as tmp:
+        text = conf.read_text()
+        for name, path in creds.items():
+            text = text.replace(f"/run/credentials/redis-server.service/{name}", str(path))
+        staged = Path(tmp) / "redis.conf"
+        staged.write_text(text)
+        code, out = _run([tool, str(staged), "--port", "0", "--dir", tmp, "--pidfile",
+                          f"{tmp}/pid", "--supervised", "no", "--daemonize", "no",
+                          "--logfile", "", "--save", "", "--appendonly", "no"])
+    if "Configuration loaded" in out:
+        return []
+    lines = [ln.strip() for ln in out.replace(tmp, "").splitlines()
+             if ln.strip() and "FATAL CONFIG FILE ERROR" not in ln]
+    return [f"{_redis_culprit(tree, conf, creds, out)}: redis-server: "
+            f"{'; '.join(lines[:3]) or f'exit {code}'}"]
+
+
+def _redis_culprit(tree: Path, conf: Path, included: dict[str, Path], out: str) -> str:
+    """Which file holds the line redis-server quotes: it gives a line number
+    but not the file, and an included file counts its lines from 1."""
+    m = re.search(r"at line (\d+)\n>>> '(.*)'", out)
+    if m:
+        n = int(m.group(1))
+        for path in (conf, *included.values()):
+            lines = path.read_text().splitlines() if path.is_file() else []
+            if n <= len(lines) and lines[n - 1].split()[:1] == m.group(2).split()[:1]:
+                return "/" + path.relative_to(tree).as_posix()
+    return "/etc/redis/redis.conf"
+
+
+def check_vsftpd(tree: Path, conf: Path, require: bool) -> list[str]:
+    """vsftpd has no test mode either. Run as if from inetd (listen=NO after
+    the file, so it never listens) it parses the file first and reports a bad
+    line on its control connection, here a scratch file: every such error
+    names the config file; anything later (no peer on the control connection)
+    means the file parsed."""
+    tool, problems = _tool("vsftpd", "vsftpd", require, "/etc/vsftpd.conf")
+    if tool is None:
+        return problems
+    with tempfile.TemporaryFile() as control:
+        try:
+            subprocess.run([tool, str(conf), "-olisten=NO", "-olisten_ipv6=NO"],
+                           stdin=control, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return [f"/etc/vsftpd.conf: vsftpd: did not finish in {TIMEOUT}s"]
+        control.seek(0)
+        said = control.read().decode(errors="replace").replace(str(tree), "").strip()
+    if "config file" not in said:
+        return []
+    return [f"/etc/vsftpd.conf: vsftpd: {said.removeprefix('500 OOPS: ')}"]
+
+
 UNIT_SUFFIXES = (".service", ".mount", ".automount", ".socket", ".timer", ".path")
 
 
@@ -226,6 +300,8 @@ CHECKS: tuple[tuple[str, Checker], ...] = (
     ("etc/ssh/ssh_config.d/10-pibake-cluster.conf", check_ssh_config),
     ("opt/pibake/deploy", check_python),
     ("etc/systemd/system", check_units),
+    ("etc/redis/redis.conf", check_redis),
+    ("etc/vsftpd.conf", check_vsftpd),
 )
 
 
@@ -239,7 +315,7 @@ def check_tree(tree: Path, require: bool = True) -> list[str]:
     return problems
 
 
-TOOLS = ("haproxy", "nginx", "keepalived", "ssh", "systemd-analyze")
+TOOLS = ("haproxy", "nginx", "keepalived", "ssh", "systemd-analyze", "redis-server", "vsftpd")
 
 
 def _tools_fingerprint() -> list[tuple[str, str | None, int]]:

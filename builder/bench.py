@@ -20,6 +20,13 @@ host), a compute-style arm64 image (base + compute layers: Docker and all) and
 a minimal 32-bit image (pi2, armhf), each as a ratio to the minimal arm64 boot.
 These images are built with the normal pibake cache, so cached bases are reused.
 
+Cluster (``--cluster``, `make bench-cluster`): the shipped inventory's eight
+hosts as its user builds them, ``pibake build --all``, first in an empty cache
+(debs cached), then warm after one cluster-wide change that no package install
+depends on (the admin's SSH key). The warm build's own log shows whether any
+base was bootstrapped or any role layer run again. ``--normal-cache`` builds in
+the normal pibake cache instead (the first build is then as warm as that cache).
+
 Times are wall-clock seconds on this machine; compare ratios, not absolute
 numbers across machines.
 """
@@ -159,6 +166,54 @@ def timed_build(project: Path, host: str, out: Path) -> float:
     return time.monotonic() - start
 
 
+def cluster_part(work: Path) -> list[str]:
+    """The shipped inventory built with build --all, then warm after the admin's
+    SSH key changed; counted from the builds' own output."""
+    import re
+    import subprocess
+
+    project = work / "cluster"
+    shutil.copytree(REPO / "profiles", project / "profiles")
+    shutil.copytree(REPO / "layers", project / "layers", symlinks=True)
+    env = dict(os.environ)
+
+    def pibake(*args: str) -> tuple[float, str]:
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "builder", "-C", str(project), *args],
+                              capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: pibake {' '.join(args)} failed: "
+                             f"{done.stderr.strip().splitlines()[-1:]}")
+        return time.monotonic() - start, done.stdout + done.stderr
+
+    _, plan = pibake("plan", "--all")
+    stages = re.findall(r"^  (base|role)  ([0-9a-f]{16})  (\w+)$", plan, re.M)
+    hosts = len(stages) // 2
+    missing = {kind: len({key for k, key, state in stages if k == kind and state != "cached"})
+               for kind in ("base", "role")}
+    cold, _ = pibake("build", "--all")
+    key = work / "admin_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f",
+                    str(key)], check=True)
+    cluster = project / "profiles/cluster.yaml"
+    text = cluster.read_text()
+    pub = key.with_suffix(".pub").read_text().strip()
+    cluster.write_text(re.sub(r"ssh_authorized_keys: \[.*?\]", f"ssh_authorized_keys: ['{pub}']",
+                              text, count=1))
+    warm, log = pibake("build", "--all")
+    bootstraps = len(re.findall(r"bootstrap", log))
+    layer_runs = log.count("==> layer")
+    cached = log.count("(role cached)")
+    return [
+        f"bench: cluster first build --all ({hosts} hosts; {missing['base']} bases and "
+        f"{missing['role']} roles not cached before it): {cold:7.1f} s",
+        f"bench: cluster warm build --all (admin SSH key changed): {warm:7.1f} s "
+        f"({warm / max(hosts, 1):.1f} s per host), {cold / warm:.1f}x faster",
+        f"bench: cluster warm build's log: {bootstraps} base bootstraps, {layer_runs} role "
+        f"layer runs, {cached} of {hosts} hosts with their role cached",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m builder.bench", description=__doc__)
     parser.add_argument("--model", default="pi3", help="Pi model of the bench host (pi3: arm64)")
@@ -166,8 +221,25 @@ def main() -> int:
                         help="also start without downloaded .deb files")
     parser.add_argument("--no-boot", action="store_true", help="measure the build only")
     parser.add_argument("--base", default="debian-trixie", help="base of the bench hosts")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the shipped inventory's hosts, build --all cold then warm")
+    parser.add_argument("--normal-cache", action="store_true",
+                        help="with --cluster: build in the normal pibake cache")
     args = parser.parse_args()
     user_cache = os.environ.get("PIBAKE_CACHE")
+    if args.cluster:
+        with tempfile.TemporaryDirectory(prefix="pibake-bench-") as tmp:
+            work = Path(tmp)
+            if not args.normal_cache:
+                os.environ["PIBAKE_CACHE"] = str(work / "cache")
+                shared = Path.home() / ".cache" / "pibake" / "apt"
+                shared.mkdir(parents=True, exist_ok=True)
+                (work / "cache").mkdir()
+                os.symlink(shared, work / "cache" / "apt")
+            rows = cluster_part(work)
+        for row in rows:
+            print(row)
+        return 0
     boot_rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pibake-bench-") as tmp:
         work = Path(tmp)

@@ -40,6 +40,13 @@ def write(path: Path, text: str, mode: int | None = None) -> Path:
     return path
 
 
+def copy_shipped(root: Path) -> Path:
+    """A copy of the shipped reference cluster (profiles and layers) at ``root``."""
+    shutil.copytree(REPO / "profiles", root / "profiles")
+    shutil.copytree(REPO / "layers", root / "layers", symlinks=True)
+    return root
+
+
 def make_mini_project(root: Path, model: str = "pi3") -> Path:
     """Two nodes of ``model`` on QEMU's user-net addresses; the repo's base layer
     plus a small 'web' layer with a template, a file and a hook."""

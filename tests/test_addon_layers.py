@@ -3,7 +3,6 @@ puts their lines into the Pi firmware's config.txt where they survive upgrades."
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from builder.errors import ConfigError
 from builder.inventory.config import load_inventory
-from tests.conftest import REPO, write
+from tests.conftest import REPO, copy_shipped, write
 
 TOOL = REPO / "layers/base/files/usr/local/sbin/pibake-config-txt"
 
@@ -53,10 +52,7 @@ def test_without_a_config_txt_it_says_so(tmp_path: Path) -> None:
 
 @pytest.fixture
 def shipped(tmp_path: Path) -> Path:
-    project = tmp_path / "proj"
-    shutil.copytree(REPO / "profiles", project / "profiles")
-    shutil.copytree(REPO / "layers", project / "layers", symlinks=True)
-    return project
+    return copy_shipped(tmp_path / "proj")
 
 
 def test_the_sense_hat_node_of_the_shipped_cluster(shipped: Path) -> None:

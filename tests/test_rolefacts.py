@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from builder.inventory.config import load_inventory
 from builder.inventory.rolefacts import cluster_roles
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_shipped
 from tests.test_config import run_cli
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Path:
     """A copy of the shipped reference cluster (profiles and layers)."""
-    root = tmp_path / "proj"
-    shutil.copytree(REPO / "profiles", root / "profiles")
-    shutil.copytree(REPO / "layers", root / "layers", symlinks=True)
-    return root
+    return copy_shipped(tmp_path / "proj")
 
 
 def _replace(path: Path, old: str, new: str) -> None:

@@ -5,14 +5,13 @@ the local Nginx backup, the NFS share waits to be accessed)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from builder.vm.boot import boot_image
-from tests.conftest import REPO
+from tests.conftest import copy_shipped
 from tests.vm import build, ssh, stop
 
 pytestmark = [pytest.mark.boot, pytest.mark.roles]
@@ -27,8 +26,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     key = root / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     project = root / "proj"
-    shutil.copytree(REPO / "profiles", project / "profiles")
-    shutil.copytree(REPO / "layers", project / "layers", symlinks=True)
+    copy_shipped(project)
     cluster = project / "profiles/cluster.yaml"
     pub = key.with_suffix(".pub").read_text().strip()
     cluster.write_text(cluster.read_text().replace("ssh_authorized_keys: []",

@@ -5,14 +5,13 @@ the packages their checkers were run for are all there."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from builder.image.assemble import read_ext4
-from tests.conftest import REPO
+from tests.conftest import copy_shipped
 from tests.test_build import extract, partitions, pibake
 
 pytestmark = [pytest.mark.integration, pytest.mark.roles]
@@ -21,8 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.roles]
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = tmp_path_factory.mktemp("roles") / "proj"
-    shutil.copytree(REPO / "profiles", project / "profiles")
-    shutil.copytree(REPO / "layers", project / "layers", symlinks=True)
+    copy_shipped(project)
     result = pibake(project, "build", "compute-01")
     assert result.returncode == 0, result.stderr
     img = project / "output/compute-01.img"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import stat
 import subprocess
 from collections import defaultdict
@@ -22,7 +21,7 @@ import pytest
 from builder.content.secrets import Item, Store, _pattern_for
 from builder.emulate.pkgsecrets import PACKAGE_SECRETS
 from builder.inventory.config import load_inventory
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_shipped
 from tests.extfs import Ext4
 from tests.test_build import extract, partitions, pibake
 
@@ -34,8 +33,7 @@ HOSTS = sorted(p.stem for p in (REPO / "profiles").glob("*.yaml") if p.stem != "
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = tmp_path_factory.mktemp("shipped") / "proj"
-    shutil.copytree(REPO / "profiles", project / "profiles")
-    shutil.copytree(REPO / "layers", project / "layers", symlinks=True)
+    copy_shipped(project)
     done = pibake(project, "build", "--all", timeout=4 * 3600)
     assert done.returncode == 0, done.stderr[-4000:]
     return project

@@ -42,6 +42,7 @@ def run(
     *,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    inherit_env: bool = True,
     input: bytes | None = None,
     capture: bool = False,
     what: str | None = None,
@@ -56,9 +57,10 @@ def run(
     every line of stdout and stderr as it comes (for long children such as
     mmdebstrap). ``timeout`` seconds: the child's group is killed and a
     BuildError says so. ``check=False``: a non-zero exit is returned, not raised.
+    ``inherit_env=False``: the child sees only ``env``, nothing of pibake's own.
     """
     args = [os.fspath(a) for a in argv]
-    full_env = dict(os.environ)
+    full_env = dict(os.environ) if inherit_env else {}
     if env:
         full_env.update(env)
     streaming = on_line is not None

@@ -56,6 +56,15 @@ def test_no_raise_mode_returns_the_exit_status() -> None:
     assert (done.returncode, done.stdout, done.stderr) == (4, b"out\n", b"err\n")
 
 
+def test_a_child_can_be_given_only_its_own_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIBAKE_TEST_STRAY", "1")
+    inherited = run(["/usr/bin/env"], env={"ONLY": "this"}, capture=True).stdout.decode()
+    assert "PIBAKE_TEST_STRAY=1\n" in inherited and "ONLY=this\n" in inherited
+    sealed = run(["/usr/bin/env"], env={"ONLY": "this"}, inherit_env=False, capture=True)
+    assert sealed.stdout == b"ONLY=this\n"
+
+
 def test_lines_stream_as_they_come() -> None:
     seen: list[tuple[str, float]] = []
     start = time.monotonic()

@@ -57,10 +57,13 @@ def check(ctx: click.Context, inventory_only: bool) -> None:
 
         for line in host_preflight(plans, everything=True):
             click.echo(line)
-    count = sum(len(p.rendered) for p in plans)
+    count = sum(not r.generated for p in plans for r in p.rendered)
+    made = sum(r.generated for p in plans for r in p.rendered)
+    generated = f"{made} file{'s' * (made != 1)} generated, " if made else ""
     checked = sum(p.daemon_checks for p in plans)
     click.echo(f"ok: {len(inv.profiles)} hosts, {len(inv.layers)} layers, "
-               f"{count} templates rendered, {checked} configs passed their daemon's checker")
+               f"{count} templates rendered, {generated}{checked} configs passed their "
+               "daemon's checker")
 
 
 def _plans(ctx: click.Context, hosts: tuple[str, ...], all_hosts: bool, verb: str):  # type: ignore[no-untyped-def]

@@ -4,7 +4,9 @@ Templates are jinja2 with StrictUndefined. They see the host's merged vars
 (layer defaults < cluster vars < host vars) plus the whole inventory, so a
 template can list every node of a group (e.g. the DHCP failover peer). Every
 rendered file must carry the ``managed by pibake`` header that templates get
-as ``{{ pibake_managed }}``.
+as ``{{ pibake_managed }}``. Then each ``generate:`` entry of the host's layers
+runs its build-host tool over the rendered files (content/generate.py); its
+output joins the host's rendered files.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any
 
 import jinja2
 
+from builder.content.generate import run_generator
 from builder.content.secrets import SecretSource, accessor
 from builder.errors import ConfigError
+from builder.image.reproducible import source_date_epoch
 from builder.inventory.config import Inventory
 from builder.inventory.facts import lanmain_context
-from builder.inventory.layers import Layer
+from builder.inventory.layers import Generate, Layer
 from builder.inventory.rolefacts import role_view
 
 # Formats without comments: JSON, SSH private keys, password files.
@@ -36,6 +40,7 @@ class Rendered:
     source: str    # "layers/compute/templates/etc/x.conf.j2"
     owner: str = ""  # "user:group" from the layer's owners:; "" = root
     secrets: tuple[str, ...] = ()   # the secrets it read with secret(): its data is secret
+    generated: bool = False         # a generate: tool's output, not a template
 
 
 def node_view(inv: Inventory, host: str) -> dict[str, Any]:
@@ -164,4 +169,52 @@ def render_host(inv: Inventory, host: str,
     result: list[Rendered] = []
     for name in inv.profile(host).layers:
         result.extend(render_layer(inv, host, inv.layers[name], ctx, secrets))
-    return result
+    return result + generate_host(inv, host, result)
+
+
+def generate_host(inv: Inventory, host: str, rendered: list[Rendered]) -> list[Rendered]:
+    """Every ``generate:`` entry of the host's layers, in profile order, run
+    over what the image holds under its source (the layers' files/, then the
+    rendered templates); the output as rendered files, 0644, owned by root."""
+    layers = [inv.layers[name] for name in inv.profile(host).layers]
+    jobs = [(layer, gen) for layer in layers for gen in layer.generate]
+    if not jobs:
+        return []
+    epoch = source_date_epoch(inv.root)
+    out: list[Rendered] = []
+    for layer, gen in jobs:
+        where = f"{host}: {layer.shown}/layer.yaml: generate[{gen.index}] ({gen.tool} {gen.source})"
+        files, origins = _source_files(where, gen, layers, rendered)
+        try:
+            made = run_generator(gen.tool, files, gen.source, epoch, where)
+        except ConfigError as exc:
+            named = [(str(exc).find(dest), src) for dest, src in origins.items()
+                     if dest in str(exc)]
+            raise ConfigError(f"{exc}; fix {min(named)[1]}" if named else str(exc)) from None
+        shown = f"{layer.shown}/generate: {gen.tool} {gen.source}"
+        out += [Rendered(f"{gen.dest}/{rel}", data, 0o644, layer.name, shown, generated=True)
+                for rel, data in made.items()]
+    return out
+
+
+def _source_files(where: str, gen: Generate, layers: list[Layer], rendered: list[Rendered],
+                  ) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The files under ``gen.source`` as the image holds them (relative to it),
+    and where each comes from (image path -> layer file, for messages)."""
+    prefix = gen.source + "/"
+    files: dict[str, bytes] = {}
+    origins: dict[str, str] = {}
+    for layer in layers:
+        for item in layer.files:
+            if item.dest.startswith(prefix) and item.src.is_file():  # a link: its target's bytes
+                files[item.dest[len(prefix):]] = item.src.read_bytes()
+                origins[item.dest] = f"{layer.shown}/files{item.dest}"
+    for r in rendered:
+        if r.dest.startswith(prefix):
+            if r.secrets:
+                raise ConfigError(f"{where}: {r.dest} reads secret {r.secrets[0]!r}, and the "
+                                  "output is readable by every user; keep secrets out of "
+                                  f"{gen.source}")
+            files[r.dest[len(prefix):]] = r.data
+            origins[r.dest] = r.source
+    return files, origins

@@ -5,14 +5,17 @@ A layer may hold ``layer.yaml`` (description, requires), ``defaults.yaml``
 line, ``#`` comments) and ``packages.<suite>`` overrides, ``files/`` (copied
 as is, modes kept), ``templates/**/*.j2`` (rendered per host), ``hooks.d/NN-*.sh``
 (run in the image's emulated chroot), ``firstboot.d/NN-*.sh`` (handed to the
-first-boot runner) and ``README.md``. Everything is checked here, before any
-image work starts.
+first-boot runner) and ``README.md``. layer.yaml's ``generate:`` names build-host
+tools (content/generate.py) that turn a folder of rendered files into more
+files per host, e.g. a Hugo site into HTML. Everything is checked here, before
+any image work starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
 import stat
 from collections.abc import Mapping
@@ -22,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from builder.content.generate import GENERATORS
 from builder.errors import ConfigError
 from builder.inventory.schema import (
     VAR_RE,
@@ -75,6 +79,17 @@ class FileItem:
 
 
 @dataclass(frozen=True)
+class Generate:
+    """One ``generate:`` entry of layer.yaml: ``tool`` builds the layer's
+    rendered files under ``source`` into files under ``dest`` (image paths)."""
+
+    index: int          # its place in the list, for messages: generate[0]
+    tool: str           # a key of content.generate.GENERATORS
+    source: str         # a folder of the layer's templates/ or files/
+    dest: str           # a folder of its own, neither inside nor around source
+
+
+@dataclass(frozen=True)
 class Layer:
     name: str
     path: Path
@@ -96,6 +111,7 @@ class Layer:
     types: Mapping[str, str] = field(default_factory=dict)  # var -> vartypes name
     bases: tuple[str, ...] = ()             # layer.yaml bases: the only ones it works on; () = any
     addon: bool = False                     # hardware for some hosts, not a role of its own
+    generate: tuple[Generate, ...] = ()     # build-host tools run per host (layer.yaml generate:)
 
     def packages_for(self, suite: str) -> tuple[str, ...]:
         return self.package_overrides.get(suite, self.packages)
@@ -143,7 +159,7 @@ def load_layer(path: Path, shown: str) -> Layer:
                   if (path / "layer.yaml").exists() else {},
                   f"{shown}/layer.yaml", "",
                   ["description", "requires", "modes", "owners", "secrets", "types",
-                   "hook_vars", "creates_admin", "bases", "addon"])
+                   "hook_vars", "creates_admin", "bases", "addon", "generate"])
     description = meta.text("description") if meta.has("description") else ""
     requires = meta.str_list("requires")
     bases = meta.str_list("bases")
@@ -168,6 +184,7 @@ def load_layer(path: Path, shown: str) -> Layer:
     templates = tuple(_walk_templates(path / "templates", f"{shown}/templates", path))
     files, templates = _apply_modes(modes, files, templates, f"{shown}/layer.yaml")
     files, templates = _apply_owners(owners, files, templates, f"{shown}/layer.yaml")
+    generate = _generate(meta, files, templates)
     hooks = _scripts(path / "hooks.d", f"{shown}/hooks.d")
     firstboot = _scripts(path / "firstboot.d", f"{shown}/firstboot.d")
     lint_hook_vars(name, shown, hooks, hook_vars)
@@ -175,9 +192,10 @@ def load_layer(path: Path, shown: str) -> Layer:
     content_hash = tree_hash(path, shown=shown)
     build_parts = [p for p in ("layer.yaml", "packages", "files", "hooks.d") if (path / p).exists()]
     build_parts += [p.name for p in sorted(path.glob("packages.*"))]
-    # secrets: is read in the host stage only, so declaring one never rebuilds a role
+    # secrets: and generate: are read in the host stage only: editing them never
+    # rebuilds a role
     build_hash = tree_hash(path, only=build_parts, shown=shown,
-                           text={"layer.yaml": _without_secrets(path / "layer.yaml")})
+                           text={"layer.yaml": _without_host_keys(path / "layer.yaml")})
     return Layer(
         name=name, path=path, shown=shown, description=description, requires=requires,
         defaults=MappingProxyType(defaults), packages=packages,
@@ -185,8 +203,67 @@ def load_layer(path: Path, shown: str) -> Layer:
         hooks=hooks, firstboot=firstboot, content_hash=content_hash, build_hash=build_hash,
         hook_vars=hook_vars, creates_admin=creates_admin, bases=bases, addon=addon,
         secrets=MappingProxyType(secrets),
-        types=MappingProxyType(types),
+        types=MappingProxyType(types), generate=generate,
     )
+
+
+def _generate(meta: Reader, files: tuple[FileItem, ...],
+              templates: tuple[FileItem, ...]) -> tuple[Generate, ...]:
+    """``generate: [{tool: hugo, source: /srv/hugo/site, dest: /var/www/site}]``."""
+    value = meta.raw("generate", [])
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{meta.loc('generate')}: expected a list of entries like "
+                          "{tool: hugo, source: /srv/site, dest: /var/www/site}, got "
+                          f"{short(value)}")
+    ours = [i.dest for i in files + templates if i.kind != "dir"]
+    folders = {posixpath.dirname(d) for d in ours}
+    folders |= {p for d in folders for p in _parents(d)}
+    result = []
+    for i, entry in enumerate(value):
+        r = Reader(entry, meta.shown, f"generate[{i}]", ["tool", "source", "dest"])
+        tool = r.text("tool", hint=f"name the tool, e.g. tool: hugo (known: "
+                                   f"{known_list(GENERATORS)})")
+        if tool not in GENERATORS:
+            hint = suggest(tool, GENERATORS) or "; use one of these"
+            raise ConfigError(f"{r.loc('tool')}: unknown tool {short(tool)} (known: "
+                              f"{known_list(GENERATORS)}){hint}")
+        source = _folder(r, "source", "the folder of this layer's templates or files to "
+                                      "build, e.g. source: /srv/hugo/site")
+        dest = _folder(r, "dest", "the folder the output goes to in the image, e.g. "
+                                  "dest: /var/www/site")
+        if not any(_under(d, source) for d in ours):
+            hint = suggest(source, folders) or "; name a folder that holds some"
+            raise ConfigError(f"{r.loc('source')}: no file of this layer's templates/ or "
+                              f"files/ lies under {source}{hint}")
+        if _under(dest, source) or _under(source, dest):
+            raise ConfigError(f"{r.loc('dest')}: {dest} overlaps the source {source} (one "
+                              "holds the other); give the output a folder outside it")
+        result.append(Generate(i, tool, source, dest))
+    return tuple(result)
+
+
+def _folder(r: Reader, key: str, hint: str) -> str:
+    """An absolute, normalised folder path in the image (not the root)."""
+    value = r.text(key, hint=hint)
+    if not value.startswith("/"):
+        raise ConfigError(f"{r.loc(key)}: {short(value)} is not an absolute path in the "
+                          f"image; write it as '/{value}'")
+    norm = posixpath.normpath(value)
+    if norm != value.rstrip("/") or norm.startswith("//"):
+        raise ConfigError(f"{r.loc(key)}: {short(value)} is not a plain folder path; write it "
+                          "without '.', '..' or '//', below /, e.g. /srv/site")
+    return norm
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:n]) for n in range(1, len(parts))]
 
 
 def _hook_vars(meta: Reader, defaults: dict[str, Any]) -> tuple[str, ...]:
@@ -435,21 +512,25 @@ def _scripts(base: Path, shown: str) -> tuple[Path, ...]:
     return tuple(result)
 
 
-def _without_secrets(file: Path) -> bytes | None:
-    """layer.yaml without its top-level ``secrets:`` block (and the indented or
-    blank lines under it); unchanged bytes when it has none."""
+HOST_STAGE_KEYS = (b"secrets:", b"generate:")
+
+
+def _without_host_keys(file: Path) -> bytes | None:
+    """layer.yaml without its top-level ``secrets:`` and ``generate:`` blocks
+    (and the indented, list or blank lines under them); unchanged bytes when it
+    has neither."""
     if not file.is_file():
         return None
     data = file.read_bytes()
     lines = data.splitlines(keepends=True)
-    if not any(line.startswith(b"secrets:") for line in lines):
+    if not any(line.startswith(HOST_STAGE_KEYS) for line in lines):
         return data
     kept, skipping = [], False
     for line in lines:
-        if line.startswith(b"secrets:"):
+        if line.startswith(HOST_STAGE_KEYS):
             skipping = True
             continue
-        if skipping and (line[:1] in (b" ", b"\t") or not line.strip()):
+        if skipping and (line[:1] in (b" ", b"\t", b"-") or not line.strip()):
             continue
         skipping = False
         kept.append(line)

@@ -26,6 +26,7 @@ from builder.errors import ConfigError
 from builder.inventory.bases import Base, BaseKind
 from builder.inventory.config import Cluster, Inventory, Network, Node, Profile
 from builder.inventory.layers import Layer
+from builder.preflight import generate_stages, require
 
 RECIPE_VERSION = 1  # bump when a stage's recipe changes what it produces
 
@@ -107,6 +108,9 @@ def plan_hosts(inv: Inventory, hosts: tuple[str, ...] | list[str]) -> tuple[Host
     """Plan and validate every host; the first mistake raises a ConfigError."""
     for host in hosts:
         inv.profile(host)  # every name first: a typo in the last one fails at once
+    # Rendering runs the layers' generate: tools: a missing one is one line, now.
+    require(generate_stages(inv.layers[name] for host in hosts
+                            for name in inv.profile(host).layers))
     return tuple(plan_host(inv, host) for host in hosts)
 
 

@@ -3,7 +3,9 @@
 One table of the host tools each build stage runs: a missing ``bmaptool`` is
 reported with the rest before the role build, not after it, and the message
 names the Debian packages to install. Then the ARM emulation, once per
-architecture.
+architecture. The tools of layers' ``generate:`` entries run whenever a host's
+templates are rendered, so ``plan_hosts`` checks those first of all, and only
+for hosts whose layers use them.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+from builder.content.generate import GENERATORS
 from builder.errors import PreflightError
 from builder.inventory.bases import BaseKind
 from builder.run import find
 
 if TYPE_CHECKING:
+    from builder.inventory.layers import Layer
     from builder.plan import HostPlan
 
 
@@ -35,6 +39,8 @@ STAGE_TOOLS: dict[str, tuple[Tool, ...]] = {
              Tool("mmd", "mtools"), Tool("sfdisk", "fdisk"), Tool("bmaptool", "bmap-tools")),
     "compress zstd": (Tool("zstd", "zstd"),),
     "compress xz": (Tool("xz", "xz-utils"),),
+    # layer.yaml generate: tools, run as a host's templates are rendered
+    **{f"generate {name}": (Tool(g.program, g.package),) for name, g in GENERATORS.items()},
 }
 
 
@@ -42,13 +48,20 @@ def found(tool: str) -> str | None:
     return find(tool)
 
 
-def stages_for(base_kinds: Iterable[BaseKind], role: bool, compression: str) -> list[str]:
+def stages_for(base_kinds: Iterable[BaseKind], role: bool, compression: str,
+               generate: Iterable[str] = ()) -> list[str]:
     """The stages a build runs: the bootstrap when a bootstrapped base must be
-    built, the role when a role must be built, the host always."""
+    built, the role when a role must be built, the generate stages its layers
+    name, the host always."""
     stages = ["bootstrap base"] if BaseKind.bootstrap in set(base_kinds) else []
     stages += ["role"] if role else []
-    stages += ["host"]
+    stages += list(generate) + ["host"]
     return stages + ([f"compress {compression}"] if compression != "none" else [])
+
+
+def generate_stages(layers: Iterable[Layer]) -> list[str]:
+    """``generate <tool>`` for every tool the layers' generate: entries name."""
+    return [f"generate {tool}" for tool in sorted({g.tool for la in layers for g in la.generate})]
 
 
 def table(stages: Iterable[str]) -> list[tuple[str, Tool, str | None]]:
@@ -76,7 +89,8 @@ def host_preflight(plans: Iterable[HostPlan], compression: str = "none",
     plans = list(plans)
     cold = [p for p in plans if everything or not p.role_cached]
     kinds = [p.base.kind for p in cold if everything or not p.base_cached]
-    stages = stages_for(kinds, bool(cold), compression)
+    stages = stages_for(kinds, bool(cold), compression,
+                        generate_stages(la for p in plans for la in p.layers))
     rows = table(stages)
     require(stages)
     lines = [f"{stage:15} {tool.name:11} {tool.package:12} {path}" for stage, tool, path in rows]

@@ -10,6 +10,7 @@ PACKAGES="
   bmap-tools dosfstools mtools e2fsprogs fdisk zstd xz-utils openssh-client openssl
   kea-dhcp4-server kea-ctrl-agent isc-dhcp-server isc-dhcp-client bind9 bind9-utils
   bind9-dnsutils chrony iproute2 haproxy nginx-light keepalived redis-server vsftpd
+  hugo
 "
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import preflight
 from builder.content.hostlayer import host_delta, standin_facts
 from builder.content.render import Rendered, render_host
 from builder.inventory.config import load_inventory
@@ -188,3 +189,36 @@ def test_secrets_stay_out_of_a_generated_site(site: Path,
                               "(hugo /srv/site): /srv/site/data/pw.txt reads secret 'web_pw', "
                               "and the output is readable by every user; keep secrets out of "
                               "/srv/site\n")
+
+
+def no_hugo(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = preflight.found
+    monkeypatch.setattr(preflight, "found", lambda tool: None if tool == "hugo" else real(tool))
+
+
+def test_a_missing_hugo_is_named_once_up_front(site: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PIBAKE_CACHE", str(tmp_path / "cache"))
+    no_hugo(monkeypatch)
+    line = ("pibake: error: host tools not found: hugo (generate hugo); install them: "
+            "apt-get install hugo\n")
+    for args in (["check", "--inventory-only"], ["check"], ["build", "--all"],
+                 ["render", "node-02", "--to", str(tmp_path / "review")]):
+        assert run_cli(capsys, "-C", str(site), *args) == (3, "", line), args
+    assert not (tmp_path / "cache/rootfs").exists() and not (tmp_path / "review").exists()
+
+
+def test_hosts_without_a_generator_do_not_need_hugo(mini: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    no_hugo(monkeypatch)
+    code, out, err = run_cli(capsys, "-C", str(mini), "check")
+    assert (code, err) == (0, "")
+    assert not any(ln.startswith("generate") for ln in out.splitlines())
+
+
+def test_check_lists_hugo_among_the_host_tools(site: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "-C", str(site), "check")
+    assert (code, err) == (0, "")
+    assert any(ln.split()[:4] == ["generate", "hugo", "hugo", "hugo"] for ln in out.splitlines())

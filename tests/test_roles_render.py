@@ -123,9 +123,11 @@ def test_lanmisc_exports_to_compute_nodes_only() -> None:
     assert "alias /var/www/lanmisc/site/;" in f["/etc/nginx/sites-available/default"]
     site = f["/srv/hugo/site/content/_index.md"]
     assert "| compute-03 | 10.20.0.33 | compute |" in site
-    assert "floating IP 10.20.0.30" in site
-    step = (REPO / "layers/lanmisc/firstboot.d/50-hugo-site.sh").read_text()
-    assert '--destination "$root/var/www/lanmisc/site"' in step
+    # built into the image by layer.yaml generate:, not on first boot
+    page = f["/var/www/lanmisc/site/index.html"]
+    assert "<td>compute-03</td>\n<td>10.20.0.33</td>\n<td>compute</td>" in page
+    assert "floating IP 10.20.0.30" in page and "omitted" not in page
+    assert not (REPO / "layers/lanmisc/firstboot.d").exists()
 
 
 def test_redis_on_the_lan_with_its_password_root_only() -> None:
@@ -164,6 +166,7 @@ def test_deployer_inventory_ssh_and_tools_from_the_inventory() -> None:
                        "    User admin", "    StrictHostKeyChecking yes"]
     assert not any("deployer-01" in line for line in ssh)
     suite = f["/opt/pibake/deploy/tests/test_services.py"]
+    assert 'SITE_HOSTS = ["lanmisc-01"]' in suite and "<title>rpi-cluster</title>" in suite
     assert ('"compute-01": {"services": ["ssh", "chrony", "haproxy", "keepalived", "nginx", '
             '"docker", "distcc"], "ports": ["tcp://0.0.0.0:22", "tcp://0.0.0.0:80"]}') in suite
     assert '"swarm_managers": ["compute-01", "compute-02", "compute-03"]' in \

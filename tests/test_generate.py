@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from builder import preflight
+from builder.content import generate
 from builder.content.hostlayer import host_delta, standin_facts
 from builder.content.render import Rendered, render_host
+from builder.errors import BuildError
 from builder.inventory.config import load_inventory
 from builder.inventory.layers import load_layers
 from builder.plan import plan_hosts
-from tests.conftest import write
+from tests.conftest import REPO, write
 from tests.test_config import run_cli
 
 WEB_YAML = "description: demo role\nrequires: [base]\nhook_vars: [web_port]\n"
@@ -189,6 +191,20 @@ def test_secrets_stay_out_of_a_generated_site(site: Path,
                               "(hugo /srv/site): /srv/site/data/pw.txt reads secret 'web_pw', "
                               "and the output is readable by every user; keep secrets out of "
                               "/srv/site\n")
+
+
+def test_a_hung_generator_is_stopped_and_named(site: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generate, "TIMEOUT", 0.001)
+    with pytest.raises(BuildError) as err:
+        generated(site)
+    assert str(err.value) == ("node-01: layers/web/layer.yaml: generate[0] (hugo /srv/site): "
+                              "hugo did not finish in 0.001 s; stopped it")
+
+
+def test_setup_host_installs_every_generator() -> None:
+    packages = (REPO / "scripts/setup-host.sh").read_text().split()
+    assert [g.package for g in generate.GENERATORS.values() if g.package not in packages] == []
 
 
 def no_hugo(monkeypatch: pytest.MonkeyPatch) -> None:

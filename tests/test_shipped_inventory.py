@@ -178,3 +178,11 @@ def test_the_sense_hat_node_has_its_config_txt_lines(shipped: Path, tmp_path: Pa
             assert not any(line in config for line in lines), (host, config)
             assert custom == [], host
         boot.unlink()
+
+
+def test_the_lanmisc_site_is_built_into_its_image(shipped: Path) -> None:
+    root = Ext4.image_root(shipped / "output/lanmisc-01.img")
+    page = root.read("/var/www/lanmisc/site/index.html")
+    for host in HOSTS:          # the inventory's table, rendered by Hugo at build time
+        assert f"<td>{host}</td>" in page, host
+    assert "50-hugo-site.sh" not in root.names("/usr/local/lib/pibake/firstboot.d")

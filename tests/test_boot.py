@@ -296,6 +296,29 @@ def test_watch_console_timeout() -> None:
     )
 
 
+JOIN_RETRIED = ["pibake-firstboot: 60-join failed (exit 1: waiting for compute-01)",
+                "pibake-firstboot: failed at 60-join"]
+
+
+def test_a_node_among_peers_waits_through_a_retried_join() -> None:
+    vm = FakeVm([*JOIN_RETRIED, "pibake-firstboot: 60-join ok", "pibake-firstboot: done"], None)
+    _, progress = watch_console(vm, "compute-02", 90, retried=True)  # type: ignore[arg-type]
+    assert progress[-2:] == ["60-join ok", "done"]
+    with pytest.raises(BootError) as err:       # alone, the same failure ends the boot
+        watch_console(FakeVm(JOIN_RETRIED, None), "compute-02", 90)  # type: ignore[arg-type]
+    assert str(err.value).startswith("compute-02: first-boot step 60-join failed; ")
+
+
+def test_a_join_that_never_succeeds_is_named_at_the_deadline() -> None:
+    with pytest.raises(BootError) as err:
+        watch_console(FakeVm(JOIN_RETRIED, None), "compute-02", 90,  # type: ignore[arg-type]
+                      retried=True)
+    assert str(err.value) == (
+        "compute-02: no 'pibake-firstboot: done' within 90s; step 60-join failed (exit 1: "
+        "waiting for compute-01) (retried); raise the timeout or read the console; last "
+        "console lines: " + " | ".join(JOIN_RETRIED))
+
+
 def test_watch_console_qemu_exit() -> None:
     vm = FakeVm([], 1, "qemu-system-aarch64: -drive: Could not open 'x'")
     with pytest.raises(BootError) as err:

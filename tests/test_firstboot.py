@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,51 @@ def test_failure_stops_names_the_step_and_retry_resumes_there(root: Path) -> Non
         "pibake-firstboot: done",
     ]
     assert order(root) == ["30-a.sh", "40-b.sh", "40-b.sh", "50-c.sh"]
+
+
+def test_a_failed_step_says_what_it_waits_for_and_since_when(root: Path) -> None:
+    add_step(root, "60-join.sh", 'echo "asking compute-01"\n'
+                                 'echo "waiting for compute-01 to create the swarm"\nexit 1')
+    stamps = root / "var/lib/pibake/firstboot"
+    stamps.mkdir(parents=True)
+    # its first try was four minutes ago: the runner has been retrying it since
+    (stamps / "60-join.first-try").write_text(f"{int(time.time()) - 250}\n")
+    res = run_runner(root)
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        "asking compute-01", "waiting for compute-01 to create the swarm",
+        "pibake-firstboot: 60-join failed (exit 1: waiting for compute-01 to create the swarm "
+        "(trying for 4m))",
+        "pibake-firstboot: failed at 60-join"]
+    assert status(root)[2:] == [
+        "60-join failed T exit 1: waiting for compute-01 to create the swarm (trying for 4m)",
+        "result: failed at 60-join"]
+
+
+def test_a_long_step_shows_its_last_line_while_it_runs(root: Path) -> None:
+    add_step(root, "40-guard.sh", 'echo "waiting for 10.20.0.12 (DNS secondary)"\n'
+                                  'while [ ! -e "$PIBAKE_FIRSTBOOT_ROOT/go" ]; do sleep 0.2; done')
+    env = {"PATH": os.environ["PATH"], "PIBAKE_FIRSTBOOT_ROOT": str(root),
+           "PIBAKE_STATUS_EVERY": "1"}
+    runner = subprocess.Popen(["sh", str(RUNNER)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            if (root / "boot/firmware/pibake-firstboot.txt").exists():
+                seen = status(root)[2:]
+                if seen and seen[0].endswith("waiting for 10.20.0.12 (DNS secondary)"):
+                    break
+            time.sleep(0.2)
+        assert seen == ["40-guard running T waiting for 10.20.0.12 (DNS secondary)",
+                        "result: running"]
+    finally:
+        (root / "go").touch()
+        out, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 0
+    assert progress(out) == ["pibake-firstboot: 40-guard ok", "pibake-firstboot: done"]
+    assert status(root)[2:] == ["40-guard ok T", "result: done"]
 
 
 def test_non_executable_step_is_an_error(root: Path) -> None:

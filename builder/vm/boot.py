@@ -464,7 +464,7 @@ def boot_group(nodes: Sequence[NodeBoot], *, lan: LanSpec | None = None, timeout
         # stopped by the stack at once instead of the pool waiting for the deadline
         pool = ThreadPoolExecutor(max_workers=len(vms))
         stack.callback(pool.shutdown, wait=False, cancel_futures=True)
-        futures = {host: pool.submit(watch_console, vm, host, deadline - vm.started)
+        futures = {host: pool.submit(watch_console, vm, host, deadline - vm.started, True)
                    for host, vm in vms.items()}
         errors = []
         done: dict[str, GroupVm] = {}
@@ -508,17 +508,27 @@ def prepare_overlay(image: Path, disk: Path, files: BootFiles) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def watch_console(vm: Vm, host: str, timeout: float) -> tuple[float, list[str]]:
+def watch_console(vm: Vm, host: str, timeout: float,
+                  retried: bool = False) -> tuple[float, list[str]]:
     """Follow the console until done: (seconds from QEMU start, progress
-    messages); BootError on a failed step, an early QEMU exit or the timeout."""
+    messages); BootError on a failed step, an early QEMU exit or the timeout.
+
+    ``retried``: a node among its peers fails a join step while a peer is not
+    up yet, and the runner tries it again (RestartSec); such a failure is not
+    the end, and the deadline's message names the step still failing."""
     watch = ConsoleWatch()
+    still_failing = ""
     for line in vm.console_lines(deadline=vm.started + timeout):
         msg = watch.feed(line)
         if msg is not None:
             log.info(f"{host}: {MARKER}{msg}")
         if watch.done:
             return time.monotonic() - vm.started, watch.progress
-        if watch.failed_step:
+        if watch.failed_step and retried:
+            failed = [m for m in watch.progress if m.startswith(f"{watch.failed_step} failed")]
+            still_failing = f"; step {failed[-1] if failed else watch.failed_step} (retried)"
+            watch.failed_step = None
+        elif watch.failed_step:
             raise BootError(
                 f"{host}: first-boot step {watch.failed_step} failed; "
                 f"last console lines: {watch.last_lines()}"
@@ -531,8 +541,8 @@ def watch_console(vm: Vm, host: str, timeout: float) -> tuple[float, list[str]]:
             f"{': ' + err if err else ''}; last console lines: {watch.last_lines() or 'none'}"
         )
     raise BootError(
-        f"{host}: no 'pibake-firstboot: done' within {timeout:.0f}s; raise the timeout "
-        f"or read the console; last console lines: {watch.last_lines() or 'none'}"
+        f"{host}: no 'pibake-firstboot: done' within {timeout:.0f}s{still_failing}; raise the "
+        f"timeout or read the console; last console lines: {watch.last_lines() or 'none'}"
     )
 
 

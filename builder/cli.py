@@ -43,7 +43,8 @@ def cli(ctx: click.Context, project: Path, quiet: bool) -> None:
 
 @cli.command()
 @click.option("--inventory-only", is_flag=True,
-              help="Only plan the hosts; skip the host tools and the emulation check.")
+              help="Only plan the hosts (the daemons' checkers and generators still run); skip "
+                   "the table of host tools and the emulation check.")
 @click.pass_context
 def check(ctx: click.Context, inventory_only: bool) -> None:
     """Plan every host as a build would (templates, each daemon's checker on its

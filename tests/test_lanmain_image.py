@@ -43,7 +43,8 @@ def test_primary_image_has_its_services_configured_and_enabled(pair: dict[str, o
     img = project / "output/lm-a.img"
     assert img.stat().st_mode & 0o777 == 0o600   # it carries the pair's secrets
     manifest = json.loads((project / "output/lm-a.manifest.json").read_text())
-    assert {"lanmain_xfer", "lanmain_ha_api", "lanmain_omapi"} <= set(manifest["secrets"])
+    assert {"lanmain_xfer", "lanmain_ha_api"} <= set(manifest["secrets"])
+    assert "lanmain_omapi" not in manifest["secrets"]      # ISC dhcpd's: held, not carried
     root = Ext4.image_root(img)
     kea = root.read("/etc/kea/kea-dhcp4.conf")
     assert '"this-server-name": "lm-a"' in kea

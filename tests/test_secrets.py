@@ -328,8 +328,9 @@ def test_each_host_gets_only_its_own_identity_and_its_layers_secrets(
     assert sorted(v for v in every_secret if any(v in data for data in f1.values())) == sorted(
         (s / f"hosts/node-01/ssh_host_{t}_key").read_bytes() for t in ("ed25519", "ecdsa"))
     assert names1 == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key"]
+    # vault_deploy_key: its templates read only the public half, so it is not carried
     assert names2 == ["ssh_host_ca", "ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_user_ca",
-                      "tls_root_ca", "vault_deploy_key", "vault_password", "vault_xfer"]
+                      "tls_root_ca", "vault_password", "vault_xfer"]
     assert f2["/etc/pibake/ca/ssh_host_ca"] == (s / "ca/ssh_host_ca").read_bytes()
     assert not any(p.startswith("/etc/pibake/ca") for p in f1)
     modes = {e.path: e.mode for e in d2.root}

@@ -91,9 +91,11 @@ def host_identity(plan: HostPlan, facts: RoleFacts) -> tuple[HostDelta, list[str
             entries.append(_file(f"{CA_DIR}/{file}", store.read(held[name].files[-1]), 0o400))
             private.add(f"{CA_DIR}/{file}")
             names.append(name)
-    shared = [n for n in store.for_host(host) if held[n].kind not in
+    # the shared secrets its files read: a declared one that no template of
+    # this host's base uses (lanmain_omapi beside Kea) is held, not carried
+    read = {n for r in delta.rendered for n in r.secrets}
+    names += [n for n in store.for_host(host) if n in read and held[n].kind not in
               ("ssh-ca", "x509-ca", "host-secret", "ssh-host-key", "ssh-host-cert")]
-    names += shared
     paths = {e.path for e in entries}
     root = [e for e in delta.root if e.path not in paths] + entries
     return replace(delta, root=tuple(root)), sorted(names), private

@@ -317,6 +317,28 @@ def test_wait_clock_times_out_when_a_step_needs_the_clock(root: Path) -> None:
     assert (res.returncode, res.stdout) == (0, "wait-clock: clock synchronized after 0s\n")
 
 
+def test_wait_clock_trusts_a_hardware_clock_that_set_the_time_at_boot(root: Path) -> None:
+    steps = root / "usr/local/lib/pibake/firstboot.d"
+    add_step(root, "60-join.sh", "# pibake: needs-clock\nexit 0")
+    env = {"PIBAKE_FIRSTBOOT_ROOT": str(root), "PIBAKE_FIRSTBOOT_STEPS_DIR": str(steps),
+           "PIBAKE_FIRSTBOOT_STAMP_DIR": str(root / "stamps"), "PIBAKE_CLOCK_TIMEOUT": "0"}
+    rtc = root / "sys/class/rtc/rtc0"
+    rtc.mkdir(parents=True)
+    (rtc / "hctosys").write_text("1\n")
+    built = root / "etc/pibake/host.json"
+    built.write_text("{}\n")
+    os.utime(built, (time.time() - 86400,) * 2)       # the image was built yesterday
+    res = run_step("20-wait-clock.sh", env)
+    assert (res.returncode, res.stdout) == (
+        0, "wait-clock: the clock came from the hardware clock (rtc0) at boot; not waiting "
+           "for NTP\n")
+    os.utime(built, (time.time() + 86400,) * 2)       # a clock before the build: a dead battery
+    assert run_step("20-wait-clock.sh", env).returncode == 1
+    (rtc / "hctosys").write_text("0\n")                 # an RTC that did not set the clock
+    os.utime(built, (time.time() - 86400,) * 2)
+    assert run_step("20-wait-clock.sh", env).returncode == 1
+
+
 def test_wait_network_sees_a_default_route(root: Path) -> None:
     (root / "proc/net").mkdir(parents=True)
     route = root / "proc/net/route"

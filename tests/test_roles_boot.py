@@ -55,6 +55,10 @@ def test_frontend_alone_runs_its_services(image: tuple[Path, Path], tmp_path: Pa
         page = ssh(port, key, "curl -fsS http://127.0.0.1:80/")
         assert "Served by compute-01 (frontend)" in page
         assert ssh(port, key, "curl -fsS http://127.0.0.1:8080/healthz") == "ok compute-01"
+        # alone, the swarm join waits in its service for the other managers
+        assert ssh(port, key, "systemctl is-enabled pibake-swarm-join") == "enabled"
+        assert "waiting for a swarm manager" in ssh(
+            port, key, "sudo journalctl -b -u pibake-swarm-join --no-pager -o cat")
         swarm = ssh(port, key, "cat /etc/pibake/swarm.env")
         assert "PIBAKE_SWARM_BOOTSTRAP=compute-01" in swarm
     finally:

@@ -89,7 +89,8 @@ def run(root: Path, script: Path, host: str, role: str = "worker", nodes: int = 
         f"PIBAKE_SWARM_KEY=/nonexistent/key\nPIBAKE_SWARM_NODES={nodes}\n"))
     full = {**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}",
             "FAKE_ROOT": str(root / "hosts"), "FAKE_HOST": host, "PIBAKE_HOST": host,
-            "GATE": str(GATE), "PIBAKE_SWARM_ENV": str(swarm_env), **env}
+            "GATE": str(GATE), "PIBAKE_SWARM_ENV": str(swarm_env),
+            "PIBAKE_SWARM_SERVICE": "1", **env}
     text = script.read_text().replace("/etc/pibake/swarm.env", str(swarm_env))
     copy = write(root / f"run-{script.name}", text, 0o755)
     return subprocess.run(["sh", str(copy)], capture_output=True, text=True, env=full)
@@ -209,3 +210,19 @@ def test_check_fails_with_a_stale_node_down(lab: Path) -> None:
 def test_check_on_a_node_outside_the_swarm(lab: Path) -> None:
     done = run(lab, CHECK, "c4")
     assert (done.returncode, done.stdout) == (1, "not in a swarm (inactive)\n")
+
+
+def test_first_boot_hands_the_join_to_its_service(tmp_path: Path) -> None:
+    """Run by the first-boot runner, the step starts the join's service and is
+    done: a node alone waits for its peers there, not in first boot."""
+    calls = tmp_path / "calls"
+    write(tmp_path / "bin/systemctl", f'#!/bin/sh\necho "$*" >> {calls}\n', 0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+           "PIBAKE_FIRSTBOOT_STEPS_DIR": "/usr/local/lib/pibake/firstboot.d"}
+    done = subprocess.run(["sh", str(JOIN)], capture_output=True, text=True, env=env)
+    assert (done.returncode, done.stdout) == (
+        0, "the swarm join runs in pibake-swarm-join.service until a manager answers\n")
+    assert calls.read_text() == "enable --now --no-block pibake-swarm-join.service\n"
+    unit = (COMPUTE / "templates/etc/systemd/system/pibake-swarm-join.service.j2").read_text()
+    assert "Environment=PIBAKE_SWARM_SERVICE=1\n" in unit and "Restart=on-failure\n" in unit
+    assert f"ExecStart=/bin/sh /usr/local/lib/pibake/firstboot.d/{JOIN.name}\n" in unit

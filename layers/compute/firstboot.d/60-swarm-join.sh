@@ -9,7 +9,17 @@
 # reached may hold the swarm, so the step fails and the runner retries it. A
 # rebuilt node therefore always finds the swarm and joins it; afterwards it
 # asks a manager to forget its earlier incarnation.
+#
+# Run by the first-boot runner it only hands the join to its service,
+# pibake-swarm-join.service (this script again, PIBAKE_SWARM_SERVICE=1, retried
+# every 30 s until a manager answers): first boot is done without the peers,
+# and a node alone waits for them without failing.
 set -u
+if [ "${PIBAKE_SWARM_SERVICE:-}" != 1 ] && [ -n "${PIBAKE_FIRSTBOOT_STEPS_DIR:-}" ]; then
+    systemctl enable --now --no-block pibake-swarm-join.service || exit 1
+    echo "the swarm join runs in pibake-swarm-join.service until a manager answers"
+    exit 0
+fi
 # pibake: needs-clock (the swarm's TLS certificates)
 ENV=${PIBAKE_SWARM_ENV:-/etc/pibake/swarm.env}
 . "$ENV"

@@ -16,6 +16,7 @@ from tests.vm import build, ssh, stop
 
 pytestmark = [pytest.mark.boot, pytest.mark.roles]
 
+HOST = "compute-01"   # the certificate's principal: strict host key checking
 SERVICES = ("chrony", "haproxy", "keepalived", "nginx", "docker", "distcc",
             "srv-share.automount")
 
@@ -40,26 +41,29 @@ def test_frontend_alone_runs_its_services(image: tuple[Path, Path], tmp_path: Pa
     result = boot_image(img, host="compute-01", overlay=tmp_path / "overlay.qcow2",
                         timeout=1200, keep=True, memory_mib=1024)  # a Pi 3 has 1 GiB
     port = result.ssh_port
+
+    def on(command: str) -> str:
+        return ssh(port, key, command, HOST)
     try:
         assert result.progress[-1] == "done"
         # ssh() returns "" when it fails: make that visible before the empty-output checks
-        assert ssh(port, key, "hostname") == "compute-01"
-        assert ssh(port, key, "sudo systemctl --failed --plain --no-legend") == ""
+        assert on("hostname") == "compute-01"
+        assert on("sudo systemctl --failed --plain --no-legend") == ""
         for unit in SERVICES:
-            assert ssh(port, key, f"systemctl is-active {unit}") == "active", unit
+            assert on(f"systemctl is-active {unit}") == "active", unit
         # alone, the frontend holds the floating IP (VRRP needs a few adverts)
-        ssh(port, key, "for i in $(seq 30); do ip -4 -o addr show eth0 | grep -q 10.20.0.30 "
-                       "&& break; sleep 1; done")
-        assert "10.20.0.30/24" in ssh(port, key, "ip -4 -o addr show eth0")
+        on("for i in $(seq 30); do ip -4 -o addr show eth0 | grep -q 10.20.0.30 "
+           "&& break; sleep 1; done")
+        assert "10.20.0.30/24" in on("ip -4 -o addr show eth0")
         # HAProxy answers from the local Nginx while the backends are away
-        page = ssh(port, key, "curl -fsS http://127.0.0.1:80/")
+        page = on("curl -fsS http://127.0.0.1:80/")
         assert "Served by compute-01 (frontend)" in page
-        assert ssh(port, key, "curl -fsS http://127.0.0.1:8080/healthz") == "ok compute-01"
+        assert on("curl -fsS http://127.0.0.1:8080/healthz") == "ok compute-01"
         # alone, the swarm join waits in its service for the other managers
-        assert ssh(port, key, "systemctl is-enabled pibake-swarm-join") == "enabled"
-        assert "waiting for a swarm manager" in ssh(
-            port, key, "sudo journalctl -b -u pibake-swarm-join --no-pager -o cat")
-        swarm = ssh(port, key, "cat /etc/pibake/swarm.env")
+        assert on("systemctl is-enabled pibake-swarm-join") == "enabled"
+        assert "waiting for a swarm manager" in on(
+            "sudo journalctl -b -u pibake-swarm-join --no-pager -o cat")
+        swarm = on("cat /etc/pibake/swarm.env")
         assert "PIBAKE_SWARM_BOOTSTRAP=compute-01" in swarm
     finally:
-        stop(result.pid, port, key)
+        stop(result.pid, port, key, HOST)

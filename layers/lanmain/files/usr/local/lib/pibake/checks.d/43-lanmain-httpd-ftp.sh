@@ -9,8 +9,14 @@ case $page in
 *) report="httpd page not served"; status=1 ;;
 esac
 pid=$(systemctl show -p MainPID --value pibake-httpd.service 2>/dev/null)
-root=$(readlink "/proc/${pid:-0}/root" 2>/dev/null)
-if [ "$root" = /srv/httpd ]; then report="$report from chroot $root"; else report="$report, root ${root:-unknown}"; status=1; fi
+# systemd gives the service a mount namespace of its own, where readlink of
+# /proc/PID/root says "/": compare the directories themselves (device, inode)
+if [ "${pid:-0}" != 0 ] && [ "/proc/$pid/root" -ef /srv/httpd ] && \
+        [ ! -e "/proc/$pid/root/etc/shadow" ]; then
+    report="$report from chroot /srv/httpd"
+else
+    report="$report, not from its chroot /srv/httpd (pid ${pid:-none})"; status=1
+fi
 if busybox ftpget -u anonymous -p pibake "$LANMAIN_SELF_IP" - pub/README.txt 2>/dev/null | grep -q lanmain; then
     report="$report; ftp anonymous read ok"
 else

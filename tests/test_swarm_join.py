@@ -54,6 +54,8 @@ done
 if [ ! -d "$FAKE_ROOT/$host" ] || [ -f "$FAKE_ROOT/$host/unreachable" ]; then
   echo "ssh: connect to host $host port 22: No route to host" >&2; exit 255
 fi
+# as the real sshd says for the gate account, which has no home
+echo "Could not chdir to home directory /nonexistent: No such file or directory" >&2
 FAKE_HOST=$host SSH_ORIGINAL_COMMAND="$*" exec sh "$GATE"
 """
 

@@ -28,10 +28,11 @@ SSH=${PIBAKE_SSH:-ssh}
 me=${PIBAKE_HOST:-$(hostname)}
 
 ask() {
-    # $1: manager host, $2: request; prints the answer
+    # $1: manager host, $2: request; prints the gate's answer (its stdout: sshd
+    # may add notices on stderr, e.g. that the gate account has no home)
     $SSH -i "$PIBAKE_SWARM_KEY" -o BatchMode=yes -o ConnectTimeout=10 \
         -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/ssh/ssh_known_hosts \
-        "pibake-swarm@$1" "$2" 2>&1
+        "pibake-swarm@$1" "$2" 2>/dev/null
 }
 
 state=$($DOCKER info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null) || {

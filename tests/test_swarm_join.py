@@ -35,6 +35,7 @@ case "$1 $2" in
   "swarm init") echo "init $*" >> $d/log; echo active > $d/state; echo true > $d/manager
                 echo "C-$FAKE_HOST" > $d/cluster ;;
   "swarm join") echo "join $*" >> $d/log; echo active > $d/state ;;
+  "swarm leave") echo "leave $*" >> $d/log; echo inactive > $d/state ;;
   "node ls") while read id h s m; do
                case $4 in *.ID*) echo "$id $h $s ${m:-}" ;; *) echo "$s ${m:-}" ;; esac
              done < $d/nodes ;;
@@ -228,3 +229,15 @@ def test_first_boot_hands_the_join_to_its_service(tmp_path: Path) -> None:
     unit = (COMPUTE / "templates/etc/systemd/system/pibake-swarm-join.service.j2").read_text()
     assert "Environment=PIBAKE_SWARM_SERVICE=1\n" in unit and "Restart=on-failure\n" in unit
     assert f"ExecStart=/bin/sh /usr/local/lib/pibake/firstboot.d/{JOIN.name}\n" in unit
+
+
+def test_a_failed_join_is_left_and_joined_again(lab: Path) -> None:
+    node(lab, "c1", "active", "true", addr="10.0.0.1", cluster="C1",
+         nodes="id1 c1 Ready Leader\n")
+    node(lab, "c4", "error", "false", addr="10.0.0.4")
+    done = run(lab, JOIN, "c4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[:2] == ["left a swarm join that had failed; joining again",
+                                           "joined the swarm through c1 as worker"]
+    assert log(lab, "c4") == ("leave swarm leave --force\njoin swarm join --advertise-addr "
+                              "10.0.0.4 --token TOKEN-worker-C1 10.0.0.1:2377\n")

@@ -39,10 +39,19 @@ state=$($DOCKER info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null) || {
     echo "docker is not answering yet"
     exit 1
 }
-if [ "$state" = active ]; then
-    echo "already in the swarm"
-    exit 0
-fi
+case $state in
+    active)
+        echo "already in the swarm"
+        exit 0 ;;
+    pending)
+        echo "the swarm join is still in progress"
+        exit 1 ;;
+    error)
+        # a join that did not complete (the manager was slow to answer): docker
+        # keeps the half-joined state and refuses another join until it is left
+        $DOCKER swarm leave --force >/dev/null 2>&1 || exit 1
+        echo "left a swarm join that had failed; joining again" ;;
+esac
 
 others=0
 inactive=0

@@ -3,7 +3,7 @@
 # expected number of managers, a leader and no node Down.
 . /etc/pibake/swarm.env
 DOCKER=${PIBAKE_DOCKER:-docker}
-info=$($DOCKER info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Cluster.ID}}' 2>&1) || {
+info=$($DOCKER info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{if .Swarm.Cluster}}{{.Swarm.Cluster.ID}}{{end}}' 2>&1) || {
     echo "docker: $info"
     exit 1
 }

@@ -166,6 +166,17 @@ def timed_build(project: Path, host: str, out: Path) -> float:
     return time.monotonic() - start
 
 
+def empty_cache(cache: Path, keep_debs: bool) -> None:
+    """Point pibake at the empty cache ``cache``; with ``keep_debs`` its apt
+    folder is the normal cache's, so downloads do not count as build time."""
+    os.environ["PIBAKE_CACHE"] = str(cache)
+    if keep_debs:
+        shared = Path.home() / ".cache" / "pibake" / "apt"
+        shared.mkdir(parents=True, exist_ok=True)
+        cache.mkdir()
+        os.symlink(shared, cache / "apt")
+
+
 def cluster_part(work: Path) -> list[str]:
     """The shipped inventory built with build --all, then warm after the admin's
     SSH key changed; counted from the builds' own output."""
@@ -231,11 +242,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="pibake-bench-") as tmp:
             work = Path(tmp)
             if not args.normal_cache:
-                os.environ["PIBAKE_CACHE"] = str(work / "cache")
-                shared = Path.home() / ".cache" / "pibake" / "apt"
-                shared.mkdir(parents=True, exist_ok=True)
-                (work / "cache").mkdir()
-                os.symlink(shared, work / "cache" / "apt")
+                empty_cache(work / "cache", keep_debs=True)
             rows = cluster_part(work)
         for row in rows:
             print(row)
@@ -244,12 +251,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pibake-bench-") as tmp:
         work = Path(tmp)
         project = make_project(work / "proj", args.model, args.base)
-        os.environ["PIBAKE_CACHE"] = str(work / "cache")
-        if not args.no_deb_cache:
-            shared = Path.home() / ".cache" / "pibake" / "apt"
-            shared.mkdir(parents=True, exist_ok=True)
-            (work / "cache").mkdir()
-            os.symlink(shared, work / "cache" / "apt")
+        empty_cache(work / "cache", keep_debs=not args.no_deb_cache)
         out = work / "out"
         bases = [timed_base(project, "bench-01")]
         cold = bases[0].seconds + timed_build(project, "bench-01", out)
